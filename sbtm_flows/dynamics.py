@@ -1,0 +1,350 @@
+r"""The SBTM right-hand side, as torchdiffeq ODE functions.
+
+Coupled flow (``training="flow"``), :class:`SBTMFlow`, state y = vec(X) ⊕ Θ [⊕ ℓ]::
+
+    dX/dt = ∇log π_t(X) − s_Θ(X)                          X: (n, d)
+    dΘ/dt = −η(t) ∇_Θ L(s_Θ, X),                           Θ: (P,)
+            L(s, X) = (1/n) Σ_i |s(Xⁱ)|² + 2 ∇·s(Xⁱ)
+    dℓ/dt = −∇·(∇log π_t − s_Θ)(X) = −Δlog π_t(X) + ∇·s_Θ(X)   ℓ = log f_t(X): (n,), optional
+
+Discrete training (``training="steps"``, the paper's algorithm), :class:`SBTMSteps`:
+before each time step the network takes K optimizer steps on L at the current particles
+(torchdiffeq's ``callback_step`` hook); then the solver moves the particles with the same
+particle velocity ∇log π_t − s_Θ with Θ frozen. Heun's corrector evaluates ∇log π_t at t+dt.
+
+Both share :func:`particle_rates`, the particle part of the RHS.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .errors import SamplingError
+from .losses import divergence, implicit_score_matching, make_probes, resolve_divergence
+from .paths import Path, as_path
+from .score import flatten_params, make_optimizer, optimize, unflatten_params
+
+__all__ = ["SBTMFlow", "SBTMSteps", "particle_rates", "hessian_max_eigenvalue"]
+
+
+def _tfloat(t) -> float:
+    return float(t.item()) if isinstance(t, Tensor) else float(t)
+
+
+def particle_rates(
+    path: Path,
+    t: float | Tensor,
+    x: Tensor,
+    s: Tensor,
+    div_s: Tensor | None = None,
+    check_finite: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    r"""Particle velocity v = ∇log π_t(x) − s(x) ``(n, d)`` and, when ``div_s (n,)`` is
+    given, the log-density rate −∇·v = −Δlog π_t(x) + ∇·s(x) ``(n,)``.
+
+    Raises:
+        SamplingError: if ∇log π_t is NaN/inf at some particles (names t and the count).
+    """
+    g = path.score(x, t)
+    if check_finite:
+        bad = ~torch.isfinite(g).all(-1)
+        if bad.any():
+            k = int(bad.sum())
+            i = int(bad.nonzero()[0, 0])
+            raise SamplingError(
+                f"target score ∇log π_t is NaN/inf at {k} of {x.shape[0]} particles at t={_tfloat(t):.6g} "
+                f"(first at x={x[i].tolist()}); check the target's score/log_prob on that region, "
+                "or use a smaller step",
+                t=_tfloat(t),
+            )
+    v = g - s
+    if div_s is None:
+        return v, None
+    return v, div_s - path.laplacian(x, t)
+
+
+def _check_state(x: Tensor, t, what: str, hint: str) -> None:
+    if not torch.isfinite(x).all():
+        raise SamplingError(f"{what} became NaN/inf at t={_tfloat(t):.6g}; {hint}", t=_tfloat(t))
+
+
+_STIFF_HINT = (
+    "the coupled X/Θ system is probably stiff (η times the largest curvature of the loss in Θ "
+    "exceeds the solver's stability limit 2/dt): lower eta, lower dt, or use an adaptive solver "
+    "such as solver='dopri5'"
+)
+
+
+class _Base(torch.nn.Module):
+    def __init__(self, path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite):
+        super().__init__()
+        self.path = as_path(path)
+        self.model = score_model
+        self.dim = self.path.dim
+        self.divergence = resolve_divergence(divergence, self.dim)
+        if int(probes) < 1:
+            raise ValueError(f"probes must be >= 1, got {probes}")
+        self.n_probes = int(probes)
+        self.probe_distribution = probe_distribution
+        self.generator = generator
+        self.track_logdensity = bool(track_logdensity)
+        self.check_finite = check_finite
+        self.probes: Tensor | None = None
+        self.nfe = 0
+        self.max_nfe: int | None = None
+
+    def _count(self, t) -> None:
+        self.nfe += 1
+        if self.max_nfe is not None and self.nfe > self.max_nfe:
+            raise SamplingError(
+                f"max_nfe={self.max_nfe} right-hand-side evaluations used up at t={_tfloat(t):.6g}: the solver is "
+                "taking tiny steps, the coupled system is stiff (large eta); lower eta or use larger tolerances",
+                t=_tfloat(t),
+            )
+
+    def _draw_probes(self, n: int, like: Tensor) -> None:
+        if self.divergence == "hutchinson":
+            self.probes = make_probes(
+                self.n_probes, n, self.dim, self.probe_distribution, self.generator, like.dtype, like.device
+            )
+
+    def _need_probes(self, x: Tensor) -> Tensor | None:
+        if self.divergence != "hutchinson":
+            return None
+        if self.probes is None or self.probes.shape[1] != x.shape[0] or self.probes.device != x.device:
+            self._draw_probes(x.shape[0], x)
+        return self.probes
+
+
+class SBTMFlow(_Base):
+    r"""The coupled particle/network ODE (see the module docstring), torchdiffeq's
+    ``forward(t, y)`` contract.
+
+    Args:
+        path: a target (constant path) or an annealing path with ``score(x, t)``.
+        score_model: the network s_Θ, ``(n, d) -> (n, d)``; its current parameters are Θ₀.
+        eta: η, a number or a callable ``t -> float``.
+        divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact for d ≤ 16).
+        probes: number of Hutchinson probes (fixed for the run, so the RHS is a
+            deterministic function of the state, as adaptive solvers need).
+        track_logdensity: append ℓ = log f_t(X) ``(n,)`` to the state.
+
+    Example::
+
+        flow = SBTMFlow(target, ScoreMLP(dim=1), eta=10.0)
+        y0 = flow.initial_state(x0)
+        ys = torchdiffeq.odeint(flow, y0, t, method="dopri5")
+        x_T, theta_T = flow.split(ys[-1])
+    """
+
+    def __init__(
+        self,
+        path,
+        score_model: torch.nn.Module,
+        eta: float | Callable[[float], float] = 5.0,
+        divergence: str = "auto",
+        probes: int = 1,
+        probe_distribution: str = "rademacher",
+        generator: torch.Generator | None = None,
+        track_logdensity: bool = False,
+        check_finite: bool = True,
+    ):
+        super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite)
+        if not callable(eta):
+            eta = float(eta)
+            if not eta > 0:
+                raise ValueError(f"eta must be > 0, got {eta}")
+        self.eta = eta
+        self.n_params = sum(p.numel() for p in score_model.parameters())
+
+    def eta_at(self, t: float | Tensor) -> float:
+        """η(t)."""
+        return self.eta(_tfloat(t)) if callable(self.eta) else self.eta
+
+    # ---- state layout -------------------------------------------------------------
+    def initial_state(self, x0: Tensor, theta0: Tensor | None = None, log_density0: Tensor | None = None) -> Tensor:
+        """y0 = vec(X₀) ⊕ Θ₀ [⊕ ℓ₀], a 1-D tensor.  Θ₀ defaults to the model's parameters;
+        ``log_density0 (n,)`` (log f_0 at X₀) is required when tracking the log-density."""
+        theta0 = flatten_params(self.model).to(x0) if theta0 is None else theta0.to(x0)
+        parts = [x0.reshape(-1), theta0.reshape(-1)]
+        if self.track_logdensity:
+            if log_density0 is None:
+                raise ValueError("track_logdensity=True needs log_density0 (n,) = log f_0(X_0)")
+            parts.append(log_density0.reshape(-1).to(x0))
+        self._draw_probes(x0.shape[0], x0)
+        return torch.cat(parts)
+
+    def n_particles(self, y: Tensor) -> int:
+        """n, inferred from the state length."""
+        return (y.shape[-1] - self.n_params) // (self.dim + int(self.track_logdensity))
+
+    def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(X (n, d), Θ (P,))`` from a state (views)."""
+        n = self.n_particles(y)
+        nd = n * self.dim
+        return y[:nd].view(n, self.dim), y[nd : nd + self.n_params]
+
+    def log_density(self, y: Tensor) -> Tensor | None:
+        """ℓ = log f_t(X) ``(n,)`` from a state, or ``None`` when not tracked."""
+        if not self.track_logdensity:
+            return None
+        n = self.n_particles(y)
+        return y[-n:]
+
+    def params(self, theta: Tensor) -> dict[str, Tensor]:
+        """Θ as ``{name: tensor}`` for ``torch.func.functional_call``."""
+        return unflatten_params(self.model, theta)
+
+    def score_fn(self, theta: Tensor) -> Callable[[Tensor], Tensor]:
+        """x ↦ s_Θ(x) for a flat Θ."""
+        params = self.params(theta)
+        return lambda z: torch.func.functional_call(self.model, params, (z,))
+
+    def loss_and_grad(self, x: Tensor, theta: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(L, ∇_Θ L (P,), s (n, d), ∇·s (n,))`` at particles ``x`` and parameters Θ.
+
+        With ``create_graph`` (and Θ requiring grad) the gradient is differentiable in Θ
+        (for Hessian-vector products)."""
+        probes = self._need_probes(x)
+        with torch.enable_grad():
+            th = theta if theta.requires_grad else theta.detach().requires_grad_(True)
+            loss, (s, div) = implicit_score_matching(self.score_fn(th), x, self.divergence, probes)
+            (grad,) = torch.autograd.grad(loss, th, create_graph=create_graph)
+        return loss.detach(), grad, s.detach(), div.detach()
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        """dy/dt at time t (see the module docstring)."""
+        self._count(t)
+        x, theta = self.split(y)
+        x = x.detach()
+        theta = theta.detach()
+        if self.check_finite:
+            _check_state(x, t, "the particles", _STIFF_HINT)
+            _check_state(theta, t, "the network parameters Θ", _STIFF_HINT)
+        _, grad, s, div = self.loss_and_grad(x, theta)
+        v, dl = particle_rates(self.path, t, x, s, div if self.track_logdensity else None, self.check_finite)
+        parts = [v.reshape(-1), -self.eta_at(t) * grad]
+        if dl is not None:
+            parts.append(dl)
+        return torch.cat(parts)
+
+
+class SBTMSteps(_Base):
+    r"""The paper's discrete algorithm as a torchdiffeq ODE function on y = vec(X) [⊕ ℓ].
+
+    Before every solver step (torchdiffeq's ``callback_step``) the network takes
+    ``inner_steps`` optimizer steps on L at the current particles; during the step Θ is
+    frozen and dX/dt = ∇log π_t(X) − s_Θ(X).
+
+    Args:
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; lr: its learning rate.
+        inner_steps: K, optimizer steps per time step.
+        Other arguments as in :class:`SBTMFlow`; Hutchinson probes are redrawn every step.
+    """
+
+    def __init__(
+        self,
+        path,
+        score_model: torch.nn.Module,
+        inner_steps: int = 10,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        divergence: str = "auto",
+        probes: int = 1,
+        probe_distribution: str = "rademacher",
+        generator: torch.Generator | None = None,
+        track_logdensity: bool = False,
+        check_finite: bool = True,
+    ):
+        super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite)
+        if int(inner_steps) < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
+        self.inner_steps = int(inner_steps)
+        self.optimizer = make_optimizer(score_model, optimizer, lr)
+        self.train_steps = 0
+        self.last_loss = float("nan")
+
+    def initial_state(self, x0: Tensor, log_density0: Tensor | None = None) -> Tensor:
+        """y0 = vec(X₀) [⊕ ℓ₀]."""
+        parts = [x0.reshape(-1)]
+        if self.track_logdensity:
+            if log_density0 is None:
+                raise ValueError("track_logdensity=True needs log_density0 (n,) = log f_0(X_0)")
+            parts.append(log_density0.reshape(-1).to(x0))
+        return torch.cat(parts)
+
+    def n_particles(self, y: Tensor) -> int:
+        """n, inferred from the state length."""
+        return y.shape[-1] // (self.dim + int(self.track_logdensity))
+
+    def split(self, y: Tensor) -> Tensor:
+        """X ``(n, d)`` from a state (a view)."""
+        n = self.n_particles(y)
+        return y[: n * self.dim].view(n, self.dim)
+
+    def log_density(self, y: Tensor) -> Tensor | None:
+        """ℓ = log f_t(X) ``(n,)`` from a state, or ``None`` when not tracked."""
+        return y[-self.n_particles(y) :] if self.track_logdensity else None
+
+    def fit(self, x: Tensor, t=None) -> float:
+        """K optimizer steps on L at particles ``x (n, d)``; returns the last loss."""
+        if self.inner_steps == 0:
+            return self.last_loss
+        x = x.detach()
+        if self.divergence == "hutchinson":
+            self._draw_probes(x.shape[0], x)
+        with torch.enable_grad():
+            loss = optimize(lambda: implicit_score_matching(self.model, x, self.divergence, self.probes)[0], self.optimizer, self.inner_steps)
+        self.train_steps += self.inner_steps
+        self.last_loss = float(loss)
+        if self.check_finite and not torch.isfinite(loss):
+            raise SamplingError(
+                f"the score-matching loss became NaN/inf at t={_tfloat(t) if t is not None else float('nan'):.6g}; "
+                "lower lr or inner_steps",
+                t=None if t is None else _tfloat(t),
+            )
+        return self.last_loss
+
+    def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        """torchdiffeq hook: train before each step."""
+        self.fit(self.split(y0), t0)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        """dy/dt with Θ frozen."""
+        self._count(t)
+        x = self.split(y).detach()
+        if self.check_finite:
+            _check_state(x, t, "the particles", "lower dt or lr, or use an adaptive solver")
+        with torch.no_grad():
+            if self.track_logdensity:
+                s, div = divergence(self.model, x, self.divergence, self._need_probes(x))
+            else:
+                s, div = self.model(x), None
+            v, dl = particle_rates(self.path, t, x, s, div, self.check_finite)
+        return v.reshape(-1) if dl is None else torch.cat([v.reshape(-1), dl])
+
+
+def hessian_max_eigenvalue(flow: SBTMFlow, y: Tensor, iters: int = 30, generator: torch.Generator | None = None) -> float:
+    r"""Largest |eigenvalue| of ∇²_Θ L at state y, by power iteration on Hessian-vector
+    products (double backward).
+
+    The Θ-block of the coupled system's Jacobian is −η∇²_Θ L, so a fixed-step solver with
+    real stability interval [−c, 0] needs η·λ_max·dt ≤ c (c = 2 for Euler and Heun).
+    """
+    x, theta = flow.split(y)
+    x = x.detach()
+    th = theta.detach().clone().requires_grad_(True)
+    grad = flow.loss_and_grad(x, th, create_graph=True)[1]
+    v = torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(theta)
+    v = v / v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        (hv,) = torch.autograd.grad(grad, th, v, retain_graph=True)
+        lam = float(hv.norm())
+        if not lam > 0 or not torch.isfinite(hv).all():
+            break
+        v = hv / lam
+    return lam

@@ -1,0 +1,108 @@
+"""The result of a run, and saving / loading it.
+
+Everything downstream (diagnostics, metrics, plots, the CLI) reads a :class:`Result`;
+nothing re-runs the sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path as _FsPath
+
+import torch
+from torch import Tensor
+
+__all__ = ["Result", "load"]
+
+
+@dataclass
+class Result:
+    """Particles and history of one run.
+
+    Attributes:
+        particles: ``(n, d)`` at the last output time.
+        times: ``(T,)`` output times.
+        trajectory: ``(T, n, d)`` particles at the output times.
+        diagnostics: name -> ``(T,)`` tensor (see :mod:`sbtm_flows.diagnostics`).
+        nfe: right-hand-side evaluations by the solver.
+        wall_time: seconds spent integrating (initial fit excluded, see ``info``).
+        method: ``"sbtm"``, ``"ula"``, …
+        config: the arguments of the run (JSON-able), enough to repeat it.
+        thetas: ``(T, P)`` network parameters at the output times (SBTM), or ``None``.
+        score_config: architecture of the score network (to rebuild it), or ``None``.
+        log_density: ``(n,)`` log f_T at the final particles when tracked, else ``None``.
+        log_density_trajectory: ``(T, n)`` when tracked.
+        info: free-form facts about the run (initial fit error, stop reason, train steps…).
+    """
+
+    particles: Tensor
+    times: Tensor
+    trajectory: Tensor
+    diagnostics: dict = field(default_factory=dict)
+    nfe: int = 0
+    wall_time: float = 0.0
+    method: str = ""
+    config: dict = field(default_factory=dict)
+    thetas: Tensor | None = None
+    score_config: dict | None = None
+    log_density: Tensor | None = None
+    log_density_trajectory: Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Number of particles."""
+        return self.particles.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Dimension d."""
+        return self.particles.shape[1]
+
+    def score_model(self, k: int = -1) -> torch.nn.Module:
+        """The score network s_Θ at output index ``k`` (default: the last).
+
+        Raises:
+            ValueError: for a run without a score network (e.g. ULA).
+        """
+        if self.thetas is None or self.score_config is None:
+            raise ValueError(f"a {self.method!r} run has no score network")
+        from .score import ScoreMLP, unflatten_params
+
+        model = ScoreMLP(**self.score_config, dtype=self.thetas.dtype).to(self.thetas.device)
+        with torch.no_grad():
+            for name, p in unflatten_params(model, self.thetas[k]).items():
+                model.get_parameter(name).copy_(p)
+        return model
+
+    def at(self, t: float) -> Tensor:
+        """Particles ``(n, d)`` at the output time nearest to ``t``."""
+        k = int(torch.argmin((self.times - t).abs()))
+        return self.trajectory[k]
+
+    def to_dict(self) -> dict:
+        """A dict of tensors and plain Python values (``torch.save``-able, weights-only)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def save(self, path: str | _FsPath) -> None:
+        """Write the result with ``torch.save`` (loadable with ``weights_only=True``)."""
+        path = _FsPath(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(_to_cpu(self.to_dict()), path)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load(path: str | _FsPath, map_location: str | torch.device = "cpu") -> Result:
+    """Read a :class:`Result` written by :meth:`Result.save`."""
+    d = torch.load(path, map_location=map_location, weights_only=True)
+    names = {f.name for f in fields(Result)}
+    return Result(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,598 @@
+r"""``sample()``: the front door.
+
+It validates the arguments, seeds, builds the dynamics (:mod:`sbtm_flows.dynamics`),
+integrates them with torchdiffeq between consecutive output times, records particles and
+diagnostics at each output time, and packs a :class:`~sbtm_flows.result.Result`.
+
+Integration runs output time by output time (a "chunk"), so that a run can show
+progress, stop on the relative Fisher information (Remark 3.8), checkpoint and resume.
+Fixed-step solvers step on the path's time grid (``path.time_grid``); adaptive solvers
+get ``rtol``/``atol`` and restart their step-size control at each output time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torchdiffeq
+from torch import Tensor
+from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
+
+from .diagnostics import cumulative_trapezoid, score_diagnostics
+from .dynamics import SBTMFlow, SBTMSteps, hessian_max_eigenvalue
+from .errors import SamplingError
+from .paths import Path, as_path
+from .result import Result
+from .score import ScoreMLP, fit_score, flatten_params
+from .targets import Gaussian, Target, check_particles
+
+__all__ = ["sample", "SOLVERS", "FIXED_GRID_SOLVERS", "METHODS", "TRAININGS", "Recorder", "drive", "make_generator"]
+
+#: torchdiffeq's registry: method name -> solver class.
+SOLVERS: dict[str, type] = {k: v for k, v in _TORCHDIFFEQ_SOLVERS.items() if k != "scipy_solver"}
+FIXED_GRID_SOLVERS = frozenset(
+    {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"}
+)
+#: Real stability interval [−c, 0] of each fixed-step method (for the stiffness check).
+_STABILITY = {"euler": 2.0, "midpoint": 2.0, "heun2": 2.0, "heun3": 2.51, "rk4": 2.78}
+TRAININGS = ("flow", "steps")
+#: method name -> runner; ``sample`` dispatches on it (other modules add entries).
+METHODS: dict[str, Callable[..., Result]] = {}
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with ``seed`` (all randomness is drawn on the CPU
+    and moved, so a seed gives the same numbers on every device)."""
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g
+
+
+def _check_positive(name: str, v, integer: bool = False, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    if integer:
+        ok = ok and float(v).is_integer()
+    if not ok:
+        kind = "a positive integer" if integer else "a positive finite number"
+        raise ValueError(f"{name} must be {kind}, got {v!r}")
+
+
+def _check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid torchdiffeq methods: {', '.join(sorted(SOLVERS))}")
+
+
+# ----------------------------------------------------------------------------------------
+# Initial particles
+# ----------------------------------------------------------------------------------------
+def initial_particles(init, n: int | None, dim: int, generator: torch.Generator, dtype, device) -> tuple[Tensor, Target | None]:
+    """X₀ ``(n, d)`` from ``init``: a target with ``sample`` (drawn with ``generator``), a
+    tensor of particles, or ``None`` (standard Gaussian).  Returns ``(X₀, init_target)``."""
+    if init is None:
+        init = Gaussian(torch.zeros(dim, dtype=torch.float64), torch.eye(dim, dtype=torch.float64))
+    if isinstance(init, Tensor):
+        x0 = check_particles(init, dim, "init")
+        if n is not None and n != x0.shape[0]:
+            raise ValueError(f"n={n} disagrees with the {x0.shape[0]} initial particles given in init")
+        init_target = None
+        x0 = x0.detach().to(dtype=dtype, device=device).clone()
+    else:
+        if getattr(init, "dim", None) != dim:
+            raise ValueError(f"init has dimension {getattr(init, 'dim', None)}, the target has dimension {dim}")
+        if not callable(getattr(init, "sample", None)):
+            raise ValueError("init must be a tensor of particles (n, d) or a target with sample(n, generator)")
+        n = 1000 if n is None else n
+        _check_positive("n", n, integer=True)
+        x0 = init.sample(int(n), generator=generator)
+        x0 = check_particles(x0, dim, "init.sample(n)").to(dtype=dtype, device=device)
+        init_target = _moved(init, dtype, device)
+    if x0.shape[0] < 2:
+        raise ValueError(f"need n >= 2 particles, got n={x0.shape[0]}")
+    bad = ~torch.isfinite(x0).all(-1)
+    if bad.any():
+        raise ValueError(f"initial particles contain NaN/inf in {int(bad.sum())} of {x0.shape[0]} rows")
+    return x0, init_target
+
+
+def _moved(obj, dtype, device):
+    """A copy of a target/path module on (dtype, device); other objects unchanged."""
+    if isinstance(obj, torch.nn.Module):
+        import copy
+
+        return copy.deepcopy(obj).to(dtype=dtype, device=device)
+    return obj
+
+
+def check_initial_score(path: Path, x0: Tensor, t0: float) -> None:
+    """Raise if ∇log π_{t0} is NaN/inf or has the wrong shape at the initial particles."""
+    g = path.score(x0, t0)
+    if not isinstance(g, Tensor) or g.shape != x0.shape:
+        raise ValueError(f"target score must return shape {tuple(x0.shape)}, got {getattr(g, 'shape', type(g))}")
+    bad = ~torch.isfinite(g).all(-1)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise SamplingError(
+            f"target score is NaN/inf at {int(bad.sum())} of {x0.shape[0]} initial particles at t={t0:g} "
+            f"(first at x={x0[i].tolist()}); check the target or the initial law",
+            t=t0,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Output grid and the chunked driver
+# ----------------------------------------------------------------------------------------
+def output_grid(path: Path, t0: float, t_final: float, dt: float, save_every: int, fixed: bool, times=None):
+    """``(grid, out_idx)``: the integration grid (fixed-step solvers) and the indices of the
+    output times in it.  For adaptive solvers the grid is the output times themselves."""
+    if times is not None:
+        times = torch.as_tensor(times, dtype=torch.float64).flatten()
+        if times.numel() < 2 or not (times[1:] > times[:-1]).all():
+            raise ValueError("times must be increasing with at least 2 entries")
+        if abs(float(times[0]) - t0) > 1e-12 or abs(float(times[-1]) - t_final) > 1e-12:
+            raise ValueError(f"times must start at t0={t0} and end at t_final={t_final}")
+    if fixed:
+        grid = path.time_grid(t0, t_final, dt).to(torch.float64)
+        if times is not None:
+            grid = torch.unique(torch.cat([grid, times]))
+            idx = torch.searchsorted(grid, times)
+        else:
+            idx = torch.arange(0, grid.numel(), save_every)
+            if idx[-1] != grid.numel() - 1:
+                idx = torch.cat([idx, torch.tensor([grid.numel() - 1])])
+        return grid, idx
+    if times is None:
+        times = output_times_uniform(t0, t_final, dt * save_every)
+    return times, torch.arange(times.numel())
+
+
+def output_times_uniform(t0: float, t_final: float, spacing: float) -> Tensor:
+    """Equally spaced output times from t0 to t_final with spacing at most ``spacing``."""
+    m = max(1, math.ceil((t_final - t0) / spacing - 1e-9))
+    return torch.linspace(t0, t_final, m + 1, dtype=torch.float64)
+
+
+@dataclass
+class Recorder:
+    """Accumulates what is saved at each output time."""
+
+    times: list = field(default_factory=list)
+    xs: list = field(default_factory=list)
+    thetas: list = field(default_factory=list)
+    logds: list = field(default_factory=list)
+    diags: dict = field(default_factory=dict)
+
+    def add(self, t: float, x: Tensor, theta: Tensor | None = None, logd: Tensor | None = None, diag: dict | None = None):
+        """Record one output time."""
+        self.times.append(float(t))
+        self.xs.append(x.detach().clone())
+        if theta is not None:
+            self.thetas.append(theta.detach().clone())
+        if logd is not None:
+            self.logds.append(logd.detach().clone())
+        for k, v in (diag or {}).items():
+            self.diags.setdefault(k, []).append(float(v))
+
+    def state_dict(self) -> dict:
+        """Plain contents (for checkpoints)."""
+        return {"times": self.times, "xs": self.xs, "thetas": self.thetas, "logds": self.logds, "diags": self.diags}
+
+    def pack(self) -> dict:
+        """Stacked tensors: ``times (T,)``, ``trajectory (T, n, d)``, ``thetas``, diagnostics."""
+        times = torch.tensor(self.times, dtype=torch.float64)
+        diags = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.diags.items()}
+        if "dissipation" in diags:
+            diags["kl_decrease"] = cumulative_trapezoid(diags["dissipation"], times)
+        if "dissipation_learned" in diags:
+            diags["kl_decrease_learned"] = cumulative_trapezoid(diags["dissipation_learned"], times)
+        return {
+            "times": times,
+            "trajectory": torch.stack(self.xs),
+            "thetas": torch.stack(self.thetas) if self.thetas else None,
+            "log_density_trajectory": torch.stack(self.logds) if self.logds else None,
+            "diagnostics": diags,
+        }
+
+
+def drive(
+    advance: Callable[[Any, int, int], Any],
+    record: Callable[[Any, int], bool],
+    y: Any,
+    out_idx: Tensor,
+    grid: Tensor,
+    *,
+    start: int = 0,
+    progress: bool = False,
+    checkpoint: Callable[[Any, int], None] | None = None,
+    checkpoint_every: int = 0,
+    desc: str = "",
+    postfix: Callable[[], dict] | None = None,
+):
+    """The one integration loop: for each output interval k → k+1, ``y = advance(y, i0, i1)``
+    (grid indices), then ``record(y, k+1)``; stop early when ``record`` returns True.
+
+    Returns ``(y, last_k, stopped)``."""
+    from tqdm.auto import tqdm
+
+    n_chunks = len(out_idx) - 1
+    bar = tqdm(total=n_chunks, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    k, stopped = start, False
+    try:
+        for k in range(start, n_chunks):
+            y = advance(y, int(out_idx[k]), int(out_idx[k + 1]))
+            stopped = bool(record(y, k + 1))
+            bar.update(1)
+            if progress and postfix is not None:
+                bar.set_postfix(postfix(), refresh=False)
+            if checkpoint is not None and (stopped or (checkpoint_every and (k + 1) % checkpoint_every == 0)):
+                checkpoint(y, k + 1)
+            if stopped:
+                break
+        else:
+            k = n_chunks - 1
+    finally:
+        bar.close()
+    return y, k + 1, stopped
+
+
+def odeint_chunk(func, y: Tensor, ts: Tensor, solver: str, rtol: float, atol: float, options: dict | None) -> Tensor:
+    """``torchdiffeq.odeint`` over the times ``ts`` returning the state at ``ts[-1]``, with
+    torchdiffeq's assertion failures (step-size underflow, too many steps) turned into
+    :class:`SamplingError` s that name the time."""
+    t = ts.to(device=y.device)
+    try:
+        return torchdiffeq.odeint(func, y, t, method=solver, rtol=rtol, atol=atol, options=options)[-1]
+    except AssertionError as e:
+        msg = str(e)
+        t0, t1 = float(ts[0]), float(ts[-1])
+        if "underflow" in msg:
+            raise SamplingError(
+                f"adaptive solver {solver!r}: step size underflow between t={t0:.6g} and t={t1:.6g} ({msg}); "
+                "the system is stiff or has blown up: lower eta, loosen rtol/atol, or check the target",
+                t=t0,
+            ) from e
+        if "max_num_steps" in msg:
+            raise SamplingError(
+                f"solver {solver!r} exceeded its step limit between t={t0:.6g} and t={t1:.6g}: the coupled "
+                "system is stiff (large eta); lower eta or raise max_nfe",
+                t=t0,
+            ) from e
+        if "non-finite" in msg:
+            raise SamplingError(f"solver {solver!r}: the state became NaN/inf between t={t0:.6g} and t={t1:.6g}", t=t0) from e
+        raise
+
+
+def _config_of(args: dict) -> dict:
+    def conv(v):
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [conv(u) for u in v]
+        if isinstance(v, torch.dtype):
+            return str(v).replace("torch.", "")
+        if isinstance(v, torch.device):
+            return str(v)
+        if isinstance(v, Tensor):
+            return f"tensor{tuple(v.shape)}"
+        return repr(v)
+
+    return {k: conv(v) for k, v in args.items()}
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")
+        return _DTYPES[dtype]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+# ----------------------------------------------------------------------------------------
+# sample()
+# ----------------------------------------------------------------------------------------
+def sample(target, method: str = "sbtm", **kwargs) -> Result:
+    r"""Sample from ``target`` (a target or an annealing path) with ``method``.
+
+    Methods: ``"sbtm"`` (the coupled particle/network flow; see :func:`run_sbtm` for its
+    arguments) and, when :mod:`sbtm_flows.sde` is loaded, ``"ula"`` (Langevin).
+    Common keyword arguments: ``init`` (a target with ``sample`` or a tensor ``(n, d)``),
+    ``n``, ``t0``, ``t_final``, ``dt``, ``save_every``, ``seed``, ``device``, ``dtype``,
+    ``progress``, ``checkpoint``, ``resume``.
+
+    Returns:
+        a :class:`~sbtm_flows.result.Result`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(sorted(METHODS))}")
+    return METHODS[method](target, **kwargs)
+
+
+def run_sbtm(
+    target,
+    *,
+    init=None,
+    n: int | None = None,
+    t0: float = 0.0,
+    t_final: float = 1.0,
+    dt: float = 0.01,
+    solver: str = "heun2",
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    solver_options: dict | None = None,
+    training: str = "flow",
+    eta: float | Callable[[float], float] = 5.0,
+    score_model: torch.nn.Module | None = None,
+    hidden: tuple[int, ...] = (64, 64),
+    activation: str = "silu",
+    divergence: str = "auto",
+    probes: int = 1,
+    inner_steps: int = 10,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    init_steps: int = 3000,
+    init_tol: float = 1e-2,
+    save_every: int = 1,
+    times=None,
+    stop_fisher: float | None = None,
+    track_logdensity: bool = False,
+    max_nfe: int | None = None,
+    stiffness_check: bool = True,
+    seed: int | None = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+) -> Result:
+    r"""Run SBTM: dX/dt = ∇log π_t(X) − s_Θ(X) with s_Θ trained online on the particles.
+
+    Args:
+        target: a :class:`~sbtm_flows.targets.Target`, a :class:`~sbtm_flows.paths.Path`,
+            or any object with ``dim`` and ``score(x)`` / ``score(x, t)``.
+        init: initial law (a target with ``sample``; default N(0, I)) or particles ``(n, d)``.
+        n: number of particles (default 1000 when ``init`` is a law).
+        t0, t_final: time interval; dt: step of fixed-step solvers (and the output spacing
+            unit: outputs every ``save_every`` steps, or at ``times``).
+        solver: any torchdiffeq method (``heun2`` — the paper's —, ``euler``, ``rk4``,
+            ``dopri5``, ``adaptive_heun``, ``bosh3``, ``dopri8``, …); rtol/atol for adaptive ones;
+            ``solver_options`` passed through to torchdiffeq.
+        training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state) or ``"steps"`` (the paper's
+            K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step).
+        eta: η of the flow, a number or a callable of t.
+        score_model: a network ``(n, d) -> (n, d)``; default :class:`ScoreMLP(hidden, activation)`.
+        divergence: ``"exact"``, ``"hutchinson"`` (``probes`` probes) or ``"auto"``.
+        init_steps, init_tol: the initial fit of s_Θ to ∇log f_0 (explicit score matching if
+            ``init`` has a score, else implicit); its relative error is in ``result.info``.
+        stop_fisher: stop at the first output time with F^n < stop_fisher (Remark 3.8).
+        track_logdensity: integrate log f_t along each particle (needs ``init.log_prob``).
+        max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
+        stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
+            a run that the solver cannot keep stable.
+        seed: seeds X₀, Θ₀ and Hutchinson probes (same seed ⇒ same particles).
+        device, dtype: where and in which precision to run (float32 default).
+        progress: show a tqdm progress bar.
+        checkpoint, checkpoint_every, resume: write a checkpoint every ``checkpoint_every``
+            output times; with ``resume=True`` an existing checkpoint is continued.
+
+    Raises:
+        ValueError: bad arguments (names the argument and the valid values).
+        SamplingError: a run that went non-finite, or a stiff system the solver cannot handle.
+    """
+    args = dict(locals())
+    args.pop("target")
+    args.pop("score_model")
+    # ---- validation ---------------------------------------------------------------
+    _check_solver(solver)
+    if training not in TRAININGS:
+        raise ValueError(f"unknown training {training!r}; valid: {', '.join(TRAININGS)}")
+    for name in ("dt", "t_final"):
+        if not isinstance(args[name], (int, float)) or not math.isfinite(args[name]):
+            raise ValueError(f"{name} must be a finite number, got {args[name]!r}")
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt}")
+    if not t_final > t0:
+        raise ValueError(f"t_final must be > t0, got t_final={t_final}, t0={t0}")
+    _check_positive("save_every", save_every, integer=True)
+    _check_positive("stop_fisher", stop_fisher, allow_none=True)
+    _check_positive("max_nfe", max_nfe, integer=True, allow_none=True)
+    dtype = _resolve_dtype(dtype)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    fixed = solver in FIXED_GRID_SOLVERS
+
+    path = _moved(as_path(target), dtype, device)
+    dim = path.dim
+    gen = make_generator(seed)
+    x0, init_target = initial_particles(init, n, dim, gen, dtype, device)
+    n = x0.shape[0]
+    check_initial_score(path, x0, t0)
+    log_f0 = None
+    if track_logdensity:
+        if init_target is None or not getattr(init_target, "has_log_prob", hasattr(init_target, "log_prob")):
+            raise ValueError("track_logdensity=True needs init to be a law with log_prob (normalised), not a tensor")
+        log_f0 = init_target.log_prob(x0)
+
+    # ---- the score network and its initial fit ------------------------------------------
+    if score_model is None:
+        score_model = ScoreMLP(dim, hidden, activation, generator=gen, dtype=dtype)
+    score_model = score_model.to(device=device, dtype=dtype)
+    if training == "flow":
+        dyn = SBTMFlow(path, score_model, eta=eta, divergence=divergence, probes=probes, generator=gen, track_logdensity=track_logdensity)
+    else:
+        dyn = SBTMSteps(path, score_model, inner_steps=inner_steps, optimizer=optimizer, lr=lr, divergence=divergence,
+                        probes=probes, generator=gen, track_logdensity=track_logdensity)
+    dyn.max_nfe = max_nfe
+    grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), fixed, times)
+    ckpt = _Checkpoint(checkpoint, _config_of(args)) if checkpoint is not None else None
+    resumed = ckpt.load() if (ckpt is not None and resume) else None
+
+    info: dict = {}
+    if resumed is None:
+        t_fit = time.perf_counter()
+        init_score = init_target.score(x0) if init_target is not None else None
+        if init_steps > 0:
+            fit_probes = None
+            if dyn.divergence == "hutchinson":
+                dyn._draw_probes(n, x0)
+                fit_probes = dyn.probes
+            info["init_fit"] = fit_score(score_model, x0, init_score, steps=int(init_steps), tol=init_tol,
+                                         divergence=dyn.divergence, probes=fit_probes)
+        info["init_fit_seconds"] = time.perf_counter() - t_fit
+        y = dyn.initial_state(x0, log_density0=log_f0)
+        rec = Recorder()
+        start, nfe0, wall0 = 0, 0, 0.0
+    else:
+        y, rec, start, nfe0, wall0, info = _restore(resumed, dyn, training, device, dtype)
+    dyn.nfe = nfe0
+
+    if training == "flow" and fixed and stiffness_check and resumed is None:
+        _stiffness_check(dyn, y, solver, float((grid[1:] - grid[:-1]).max()), t0, gen)
+
+    def state_parts(y):
+        if training == "flow":
+            x, theta = dyn.split(y)
+            return x, theta, dyn.score_fn(theta)
+        x = dyn.split(y)
+        return x, flatten_params(score_model), score_model
+
+    def record(y, k) -> bool:
+        t = float(grid[out_idx[k]])
+        x, theta, fn = state_parts(y)
+        diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x))
+        rec.add(t, x, theta, dyn.log_density(y), diag)
+        return stop_fisher is not None and diag["fisher"] < stop_fisher
+
+    def advance(y, i0, i1):
+        ts = grid[i0 : i1 + 1] if fixed else grid[[i0, i1]]
+        options = dict(solver_options or {})
+        return odeint_chunk(dyn, y, ts, solver, rtol, atol, options)
+
+    def save_ckpt(y, k):
+        ckpt.save(y, k, rec, dyn, training, time.perf_counter() - t_start + wall0, info)
+
+    t_start = time.perf_counter()
+    if resumed is None:
+        stopped = record(y, 0)
+    else:
+        stopped = False
+    k_end = start
+    if not stopped:
+        y, k_end, stopped = drive(
+            advance, record, y, out_idx, grid, start=start, progress=progress,
+            checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
+            desc="sbtm", postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": dyn.nfe, "F": f"{rec.diags['fisher'][-1]:.3g}"},
+        )
+    wall = time.perf_counter() - t_start + wall0
+    if stopped:
+        info["stopped"] = f"F^n = {rec.diags['fisher'][-1]:.4g} < stop_fisher = {stop_fisher} at t = {rec.times[-1]:.6g}"
+    if training == "steps":
+        info["train_steps"] = dyn.train_steps
+    packed = rec.pack()
+    return Result(
+        particles=packed["trajectory"][-1],
+        times=packed["times"],
+        trajectory=packed["trajectory"],
+        diagnostics=packed["diagnostics"],
+        nfe=int(dyn.nfe),
+        wall_time=wall,
+        method="sbtm",
+        config=_config_of(args),
+        thetas=packed["thetas"],
+        score_config=score_model.config() if hasattr(score_model, "config") else None,
+        log_density=packed["log_density_trajectory"][-1] if packed["log_density_trajectory"] is not None else None,
+        log_density_trajectory=packed["log_density_trajectory"],
+        info=info,
+    )
+
+
+METHODS["sbtm"] = run_sbtm
+
+
+def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float, gen) -> None:
+    c = _STABILITY.get(solver)
+    if c is None:
+        return
+    lam = hessian_max_eigenvalue(flow, y, generator=gen)
+    eta = flow.eta_at(t0)
+    z = eta * lam * h
+    if z > c:
+        raise SamplingError(
+            f"the coupled X/Θ system is stiff for {solver!r}: eta·λ_max(∇²_Θ L)·dt = {eta:g}·{lam:.4g}·{h:g} = {z:.3g} "
+            f"> {c:g} (the solver's stability limit), so fixed steps would diverge. Use eta <= {c / (lam * h):.3g}, "
+            f"dt <= {c / (eta * lam):.3g}, or an adaptive solver (solver='dopri5'); pass stiffness_check=False to run anyway",
+            t=t0,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------
+_VOLATILE = {"progress", "checkpoint", "checkpoint_every", "resume"}
+
+
+class _Checkpoint:
+    def __init__(self, path, config: dict):
+        self.path = os.fspath(path)
+        self.config = {k: v for k, v in config.items() if k not in _VOLATILE}
+
+    def save(self, y, k, rec: Recorder, dyn, training, wall, info) -> None:
+        blob = {
+            "config": json.dumps(self.config, sort_keys=True),
+            "k": k,
+            "y": y.detach().cpu(),
+            "record": rec.state_dict(),
+            "nfe": dyn.nfe,
+            "wall": wall,
+            "info": json.dumps(info),
+            "probes": None if dyn.probes is None else dyn.probes.cpu(),
+            "generator": dyn.generator.get_state() if dyn.generator is not None else None,
+        }
+        if training == "steps":
+            blob["model"] = {k_: v.detach().cpu() for k_, v in dyn.model.state_dict().items()}
+            blob["optimizer"] = dyn.optimizer.state_dict()
+            blob["train_steps"] = dyn.train_steps
+        tmp = self.path + ".tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        torch.save(blob, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self):
+        if not os.path.exists(self.path):
+            return None
+        blob = torch.load(self.path, map_location="cpu", weights_only=False)
+        saved = json.loads(blob["config"])
+        if saved != self.config:
+            diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
+            raise ValueError(f"checkpoint {self.path} was written by a run with different arguments: {', '.join(diff)}")
+        return blob
+
+
+def _restore(blob, dyn, training, device, dtype):
+    y = blob["y"].to(device=device, dtype=dtype)
+    r = blob["record"]
+    rec = Recorder(times=r["times"], xs=[v.to(device) for v in r["xs"]], thetas=[v.to(device) for v in r["thetas"]],
+                   logds=[v.to(device) for v in r["logds"]], diags=r["diags"])
+    if blob["probes"] is not None:
+        dyn.probes = blob["probes"].to(device=device, dtype=dtype)
+    if blob["generator"] is not None and dyn.generator is not None:
+        dyn.generator.set_state(blob["generator"])
+    if training == "steps":
+        dyn.model.load_state_dict(blob["model"])
+        dyn.optimizer.load_state_dict(blob["optimizer"])
+        dyn.train_steps = blob["train_steps"]
+    return y, rec, blob["k"], blob["nfe"], blob["wall"], json.loads(blob["info"])

@@ -1,0 +1,174 @@
+r"""The score network s_Θ: ℝᵈ → ℝᵈ and its initialisation to the initial law's score.
+
+:class:`ScoreMLP` is a plain MLP with smooth activations (the loss contains ∇·s, and its
+Θ-gradient needs second derivatives of the activation, so ReLU is a poor choice).
+:func:`fit_score` trains it at t = 0: by explicit score matching mean|s − ∇log f_0|² when
+the initial law has an analytic score, by implicit score matching otherwise.
+:func:`flatten_params` / :func:`unflatten_params` convert between the module's parameters
+and the flat vector Θ that is part of the ODE state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .losses import explicit_score_matching, implicit_score_matching
+
+__all__ = [
+    "ScoreMLP",
+    "ACTIVATIONS",
+    "fit_score",
+    "optimize",
+    "make_optimizer",
+    "flatten_params",
+    "unflatten_params",
+]
+
+ACTIVATIONS: dict[str, Callable[[], torch.nn.Module]] = {
+    "silu": torch.nn.SiLU,
+    "tanh": torch.nn.Tanh,
+    "softplus": torch.nn.Softplus,
+    "gelu": torch.nn.GELU,
+    "elu": torch.nn.ELU,
+}
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
+
+class ScoreMLP(torch.nn.Module):
+    """MLP ``(n, d) -> (n, d)``: d → hidden[0] → … → hidden[-1] → d.
+
+    Args:
+        dim: d.
+        hidden: hidden widths (default two layers of 64).
+        activation: one of ``ACTIVATIONS`` (default ``"silu"``).
+        generator: seeds the initialisation (uniform ±1/√fan_in, PyTorch's default law);
+            drawn on the CPU so a seed gives the same Θ on every device.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "silu",
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        hidden = tuple(int(h) for h in hidden)
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden widths must be positive, got {hidden}")
+        self.dim, self.hidden, self.activation = dim, hidden, activation
+        widths = (dim, *hidden, dim)
+        layers: list[torch.nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(torch.nn.Linear(a, b, dtype=dtype))
+            if i < len(widths) - 2:
+                layers.append(ACTIVATIONS[activation]())
+        self.net = torch.nn.Sequential(*layers)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Uniform(±1/√fan_in) weights and biases, drawn from ``generator`` on the CPU."""
+        for m in self.net:
+            if isinstance(m, torch.nn.Linear):
+                bound = 1.0 / math.sqrt(m.in_features)
+                for p in (m.weight, m.bias):
+                    u = torch.rand(p.shape, generator=generator, dtype=torch.float64)
+                    p.copy_(((2 * u - 1) * bound).to(p.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def config(self) -> dict:
+        """Constructor arguments, enough to rebuild the architecture."""
+        return {"dim": self.dim, "hidden": list(self.hidden), "activation": self.activation}
+
+
+def flatten_params(model: torch.nn.Module) -> Tensor:
+    """All parameters of ``model`` as one flat vector Θ ``(P,)`` (detached copy)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def unflatten_params(model: torch.nn.Module, theta: Tensor) -> dict[str, Tensor]:
+    """Split a flat Θ ``(P,)`` into ``{name: tensor}`` shaped like ``model``'s parameters
+    (views of ``theta``, for ``torch.func.functional_call``)."""
+    out, i = {}, 0
+    for name, p in model.named_parameters():
+        k = p.numel()
+        out[name] = theta[i : i + k].view(p.shape)
+        i += k
+    if i != theta.numel():
+        raise ValueError(f"theta has {theta.numel()} entries, the model has {i} parameters")
+    return out
+
+
+def make_optimizer(model: torch.nn.Module, optimizer: str = "adam", lr: float = 1e-3) -> torch.optim.Optimizer:
+    """An optimizer by name (``adam``, ``adamw``, ``sgd``) over ``model``'s parameters."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    return OPTIMIZERS[optimizer](model.parameters(), lr=lr)
+
+
+def optimize(loss_fn: Callable[[], Tensor], opt: torch.optim.Optimizer, steps: int) -> Tensor:
+    """``steps`` optimizer steps on ``loss_fn()``; returns the last loss (detached)."""
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    return loss.detach()
+
+
+def fit_score(
+    model: torch.nn.Module,
+    x: Tensor,
+    score: Tensor | None = None,
+    *,
+    steps: int = 2000,
+    lr: float = 1e-3,
+    tol: float = 1e-2,
+    divergence: str = "exact",
+    probes: Tensor | None = None,
+    check_every: int = 50,
+) -> dict:
+    r"""Fit ``model`` to the score of the law of the particles ``x (n, d)``.
+
+    With ``score`` (``(n, d)``, the analytic ∇log f_0 at x) it minimises
+    mean|s − ∇log f_0|² with Adam and stops once the relative error
+    √(mean|s − ∇log f_0|² / mean|∇log f_0|²) < ``tol``; otherwise it minimises the implicit
+    loss mean(|s|² + 2∇·s) for ``steps`` steps.
+
+    Returns:
+        ``{"relative_error": float or None, "loss": float, "steps": int, "explicit": bool}``.
+    """
+    opt = make_optimizer(model, "adam", lr)
+    x = x.detach()
+    if score is not None:
+        score = score.detach()
+        norm2 = (score * score).sum(-1).mean().clamp_min(1e-30)
+        done, rel = 0, float("inf")
+        while done < steps:
+            k = min(check_every, steps - done)
+            optimize(lambda: explicit_score_matching(model, x, score), opt, k)
+            done += k
+            with torch.no_grad():
+                rel = math.sqrt(float(explicit_score_matching(model, x, score) / norm2))
+            if rel < tol:
+                break
+        with torch.no_grad():
+            loss = float(implicit_score_matching(model, x, divergence, probes)[0])
+        return {"relative_error": rel, "loss": loss, "steps": done, "explicit": True}
+    loss = optimize(lambda: implicit_score_matching(model, x, divergence, probes)[0], opt, steps)
+    return {"relative_error": None, "loss": float(loss), "steps": steps, "explicit": False}
