@@ -66,10 +66,9 @@ def particle_rates(
     return v, div_s - path.laplacian(x, t)
 
 
-def _check_state(x: Tensor, t, what: str, hint: str) -> None:
-    if not torch.isfinite(x).all():
-        raise SamplingError(f"{what} became NaN/inf at t={_tfloat(t):.6g}; {hint}", t=_tfloat(t))
-
+#: Derivative returned for a non-finite trial state of an adaptive solver: finite but so large
+#: that the step's error estimate rejects it and the step size shrinks.
+REJECT_VALUE = 1e15
 
 _STIFF_HINT = (
     "the coupled X/Θ system is probably stiff (η times the largest curvature of the loss in Θ "
@@ -95,6 +94,15 @@ class _Base(torch.nn.Module):
         self.probes: Tensor | None = None
         self.nfe = 0
         self.max_nfe: int | None = None
+        #: set by adaptive runs: a non-finite trial state returns REJECT_VALUE derivatives
+        #: (the solver rejects the step and shrinks it) instead of raising.
+        self.reject_nonfinite = False
+
+    def _nonfinite(self, t, y: Tensor, what: str, hint: str) -> Tensor:
+        """Reject the trial step (adaptive solvers) or raise :class:`SamplingError`."""
+        if self.reject_nonfinite:
+            return torch.full_like(y, REJECT_VALUE)
+        raise SamplingError(f"{what} became NaN/inf at t={_tfloat(t):.6g}; {hint}", t=_tfloat(t))
 
     def _count(self, t) -> None:
         self.nfe += 1
@@ -221,10 +229,11 @@ class SBTMFlow(_Base):
         x, theta = self.split(y)
         x = x.detach()
         theta = theta.detach()
-        if self.check_finite:
-            _check_state(x, t, "the particles", _STIFF_HINT)
-            _check_state(theta, t, "the network parameters Θ", _STIFF_HINT)
+        if self.check_finite and not (torch.isfinite(x).all() and torch.isfinite(theta).all()):
+            return self._nonfinite(t, y, "the particles or the network parameters Θ", _STIFF_HINT)
         _, grad, s, div = self.loss_and_grad(x, theta)
+        if self.check_finite and not torch.isfinite(grad).all():
+            return self._nonfinite(t, y, "the loss gradient ∇_Θ L", _STIFF_HINT)
         v, dl = particle_rates(self.path, t, x, s, div if self.track_logdensity else None, self.check_finite)
         parts = [v.reshape(-1), -self.eta_at(t) * grad]
         if dl is not None:
@@ -249,7 +258,7 @@ class SBTMSteps(_Base):
         self,
         path,
         score_model: torch.nn.Module,
-        inner_steps: int = 10,
+        inner_steps: int = 5,
         optimizer: str = "adam",
         lr: float = 1e-3,
         divergence: str = "auto",
@@ -316,8 +325,8 @@ class SBTMSteps(_Base):
         """dy/dt with Θ frozen."""
         self._count(t)
         x = self.split(y).detach()
-        if self.check_finite:
-            _check_state(x, t, "the particles", "lower dt or lr, or use an adaptive solver")
+        if self.check_finite and not torch.isfinite(x).all():
+            return self._nonfinite(t, y, "the particles", "lower dt or lr, or use an adaptive solver")
         with torch.no_grad():
             if self.track_logdensity:
                 s, div = divergence(self.model, x, self.divergence, self._need_probes(x))

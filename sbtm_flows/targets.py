@@ -53,14 +53,15 @@ def autograd_score(log_prob: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """∇log π(x) by one batched reverse-mode pass over ``log_prob(x).sum()``.
 
     Valid because particle i's log-density depends on row i only, so the gradient of the
-    sum is the stack of the per-particle gradients. Shapes ``(n, d) -> (n, d)``.
+    sum is the stack of the per-particle gradients. Shapes ``(n, d) -> (n, d)``.  When
+    ``x.requires_grad`` the result is differentiable in x (for Laplacians).
     """
     with torch.enable_grad():
-        xr = x.detach().requires_grad_(True)
+        xr = x if x.requires_grad else x.detach().requires_grad_(True)
         lp = log_prob(xr)
         if lp.shape != x.shape[:1]:
             raise ValueError(f"log_prob must return shape ({x.shape[0]},), got {tuple(lp.shape)}")
-        (g,) = torch.autograd.grad(lp.sum(), xr)
+        (g,) = torch.autograd.grad(lp.sum(), xr, create_graph=x.requires_grad)
     return g
 
 
