@@ -1,0 +1,202 @@
+"""Command line: ``sbtm-flows run | sample | list``.
+
+    sbtm-flows run gaussian-1d --out runs/gaussian-1d      # a paper experiment (figures + metrics.json)
+    sbtm-flows run gaussian-1d --quick                      # seconds, for smoke tests
+    sbtm-flows run --config runs/gaussian-1d/config.json    # repeat a run exactly
+    sbtm-flows sample --target gmm2d --method sbtm --solver dopri5 --n 2000 --t-final 5 --out runs/x
+    sbtm-flows list                                         # experiments, targets, methods, solvers
+
+Errors (unknown names, bad numbers, unwritable folders, failed runs) exit with status 2
+and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+__all__ = ["main"]
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise _CliError(f"{self.prog}: {message}")
+
+
+class _CliError(Exception):
+    pass
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s}")
+    return v
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=_positive_int, help="number of particles")
+    p.add_argument("--t-final", type=_positive_float, help="final time")
+    p.add_argument("--dt", type=_positive_float, help="time step")
+    p.add_argument("--solver", help="torchdiffeq method for SBTM (heun2, dopri5, ...)")
+    p.add_argument("--sde-solver", help="torchsde method for Langevin (euler, ...)")
+    p.add_argument("--training", choices=["flow", "steps"], help="SBTM training: coupled flow or K optimizer steps per step")
+    p.add_argument("--eta", type=_positive_float, help="eta of the coupled flow")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .experiments import EXPERIMENTS, TARGETS
+
+    ap = _OneLineParser(prog="sbtm-flows", description="Score-based transport modeling samplers and the paper's experiments.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_OneLineParser)
+    r = sub.add_parser("run", help="run a paper experiment")
+    r.add_argument("experiment", nargs="?", help=f"one of: {', '.join(EXPERIMENTS)}")
+    r.add_argument("--config", help="repeat the run described by a config.json written by an earlier run")
+    r.add_argument("--out", help="output folder (default runs/EXPERIMENT, or the config's folder)")
+    r.add_argument("--quick", action="store_true", help="small, fast variant (smoke test)")
+    _add_run_options(r)
+    s = sub.add_parser("sample", help="sample one target with one method")
+    s.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
+    s.add_argument("--method", default="sbtm", help="sbtm or ula")
+    s.add_argument("--out", required=True, help="output folder")
+    _add_run_options(s)
+    sub.add_parser("list", help="list experiments, targets, methods and solvers")
+    return ap
+
+
+def _writable_dir(path: pathlib.Path) -> pathlib.Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise _CliError(f"sbtm-flows: cannot write to output folder {str(path)!r}: {e.strerror or e}") from None
+    return path
+
+
+def _overrides(a) -> dict:
+    keys = {"n": "n", "t_final": "t_final", "dt": "dt", "solver": "solver", "sde_solver": "sde_solver",
+            "training": "training", "eta": "eta", "seed": "seed", "device": "device"}
+    return {k: getattr(a, attr) for attr, k in keys.items() if getattr(a, attr, None) is not None}
+
+
+def _cmd_run(a) -> int:
+    from .experiments import experiment_config, run_experiment
+
+    if a.config:
+        try:
+            cfg = json.loads(pathlib.Path(a.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise _CliError(f"sbtm-flows: cannot read config {a.config!r}: {e}") from None
+        if a.experiment and a.experiment != cfg.get("experiment"):
+            raise _CliError(f"sbtm-flows: the config is for {cfg.get('experiment')!r}, not {a.experiment!r}")
+        cfg.update(_overrides(a))
+        out = pathlib.Path(a.out) if a.out else pathlib.Path(a.config).parent
+    else:
+        if not a.experiment:
+            raise _CliError("sbtm-flows run: name an experiment or give --config (see `sbtm-flows list`)")
+        cfg = experiment_config(a.experiment, quick=a.quick, **_overrides(a))
+        out = pathlib.Path(a.out or os.path.join("runs", a.experiment))
+    _check_names(cfg)
+    _writable_dir(out)
+    metrics = run_experiment(cfg, out, progress=not a.no_progress)
+    print(f"{cfg['experiment']}: wrote {out}/ (metrics.json, figures); wall time {metrics['total_wall_time_s']:.1f} s")
+    return 0
+
+
+def _check_names(cfg: dict) -> None:
+    from .sampling import SOLVERS
+
+    if cfg.get("solver") is not None and cfg["solver"] not in SOLVERS:
+        raise _CliError(f"sbtm-flows: unknown solver {cfg['solver']!r}; valid: {', '.join(sorted(SOLVERS))}")
+
+
+def _cmd_sample(a) -> int:
+    import torch
+
+    from .experiments import make_target
+    from .sampling import METHODS, sample
+
+    target = make_target(a.target)
+    if a.method not in METHODS:
+        raise _CliError(f"sbtm-flows: unknown method {a.method!r}; valid: {', '.join(sorted(METHODS))}")
+    kw = _overrides(a)
+    _check_names(kw)
+    out = _writable_dir(pathlib.Path(a.out))
+    if a.method == "ula":
+        kw.pop("solver", None)
+        kw.pop("training", None)
+        kw.pop("eta", None)
+    else:
+        kw.pop("sde_solver", None)
+    res = sample(target, method=a.method, progress=not a.no_progress, **kw)
+    res.save(out / "result.pt")
+    torch.save(res.particles.cpu(), out / "particles.pt")
+    summary = {"target": a.target, "method": a.method, "n": res.n, "t_final": float(res.times[-1]), "nfe": res.nfe,
+               "wall_time_s": res.wall_time, "mean": res.particles.double().mean(0).tolist(),
+               "final": {k: float(v[-1]) for k, v in res.diagnostics.items()}}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "config.json").write_text(json.dumps({"target": a.target, "method": a.method, **res.config}, indent=2, default=str))
+    print(f"{a.method} on {a.target}: {res.n} particles at t={float(res.times[-1]):g}, NFE {res.nfe}, "
+          f"{res.wall_time:.1f} s; wrote {out}/")
+    return 0
+
+
+def _cmd_list(a) -> int:
+    from .experiments import EXPERIMENTS, TARGETS
+    from .sampling import METHODS, SOLVERS
+
+    print("experiments:")
+    for e in EXPERIMENTS.values():
+        print(f"  {e.name:<14} paper §{e.section}: {e.description}")
+    print("targets:     " + ", ".join(TARGETS))
+    print("methods:     " + ", ".join(sorted(METHODS)))
+    print("solvers:     " + ", ".join(sorted(SOLVERS)))
+    try:
+        from .sde import SDE_SOLVERS
+
+        print("sde solvers: " + ", ".join(sorted(SDE_SOLVERS)))
+    except ImportError:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sbtm-flows`` console script; returns the exit status."""
+    from .errors import SamplingError
+
+    try:
+        a = _parser().parse_args(argv)
+        return {"run": _cmd_run, "sample": _cmd_sample, "list": _cmd_list}[a.cmd](a)
+    except _CliError as e:
+        print(f"{e}", file=sys.stderr)
+    except (ValueError, SamplingError, OSError, NotImplementedError) as e:
+        print(f"sbtm-flows: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("sbtm-flows: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
