@@ -1,0 +1,113 @@
+"""The `sbtm-flows` console script, through the real entry point (subprocess)."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+
+from sbtm_flows.experiments import EXPERIMENTS
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "sbtm_flows.cli", *args], capture_output=True, text=True, env=ENV, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}: {p.stderr[-2000:]}")
+    return p
+
+
+def png_info(path):
+    """(width, height, distinct bytes in the decompressed pixel data) of a PNG, or fail."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    w, h = struct.unpack(">II", data[16:24])
+    idat, i = b"", 8
+    while i < len(data):
+        n = struct.unpack(">I", data[i : i + 4])[0]
+        kind = data[i + 4 : i + 8]
+        if kind == b"IDAT":
+            idat += data[i + 8 : i + 8 + n]
+        i += 12 + n
+    return w, h, len(set(zlib.decompress(idat)))
+
+
+FIGURES = {
+    "gaussian-1d": ["fig1_trajectories.png", "fig2_dissipation_l2.png"],
+    "mixture-1d": ["fig3_mixture.png"],
+    "geometric-1d": ["fig4_geometric.png"],
+    "dilation-2d": ["fig5_dilation_densities.png", "fig6_entropy_decay.png"],
+}
+#: quick-mode bounds on the metrics each claim rests on
+BOUNDS = {
+    "gaussian-1d": lambda m: abs(m["sbtm_var_rel_err_t0.5"]) < 0.05 and abs(m["sbtm_var_rel_err_t1"]) < 0.05
+    and abs(m["sbtm_fisher_rel_err"]) < 0.3 and abs(m["sbtm_kl_decrease_rel_err"]) < 0.2,
+    "mixture-1d": lambda m: abs(m["sbtm_frac_pos"] - m["ula_frac_pos"]) < 0.15 and 0.5 < m["sbtm_frac_pos"] < 0.9,
+    "geometric-1d": lambda m: m["frac_pos_gap"] < 0.15,
+    "dilation-2d": lambda m: len(m["sbtm_mode_weights"]) == 16 and abs(sum(m["sbtm_mode_weights"]) - 1) < 1e-6 and m["tv_sbtm_vs_ula"] < 0.5,
+}
+KEYS = ["sbtm_wall_time_s", "sbtm_nfe", "ula_wall_time_s", "eq41_relative_gap", "sbtm_final_fisher", "total_wall_time_s"]
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_quick_experiment(tmp_path, name):
+    out = tmp_path / name
+    cli("run", name, "--quick", "--out", str(out), "--no-progress")
+    for fig in FIGURES[name]:
+        w, h, distinct = png_info(out / fig)
+        assert w >= 300 and h >= 200 and distinct > 20, (fig, w, h, distinct)
+    m = json.loads((out / "metrics.json").read_text())
+    for k in KEYS:
+        assert k in m and m[k] == m[k], k
+    assert BOUNDS[name](m), m
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["experiment"] == name and cfg["quick"] is True
+
+
+def test_config_reproduces_particles_bitwise(tmp_path):
+    out = tmp_path / "g"
+    cli("run", "gaussian-1d", "--quick", "--n", "200", "--t-final", "0.3", "--out", str(out), "--no-progress")
+    first = torch.load(out / "particles.pt")
+    again = tmp_path / "again"
+    cli("run", "--config", str(out / "config.json"), "--out", str(again), "--no-progress")
+    second = torch.load(again / "particles.pt")
+    assert set(first) == {"sbtm", "ula"}
+    for k in first:
+        assert torch.equal(first[k], second[k]), k
+
+
+def test_sample_and_list(tmp_path):
+    p = cli("list")
+    for word in ("gaussian-1d", "dilation-2d", "gmm2d", "dopri5", "ula", "sbtm"):
+        assert word in p.stdout
+    out = tmp_path / "x"
+    cli("sample", "--target", "gaussian2d", "--method", "sbtm", "--solver", "dopri5", "--n", "100", "--t-final", "0.2",
+        "--out", str(out), "--no-progress")
+    x = torch.load(out / "particles.pt")
+    assert x.shape == (100, 2) and torch.isfinite(x).all()
+    assert json.loads((out / "metrics.json").read_text())["nfe"] > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "no-such-experiment"],
+        ["sample", "--target", "banana", "--out", "{tmp}/a"],
+        ["sample", "--target", "gaussian1d", "--solver", "rk45", "--out", "{tmp}/a"],
+        ["sample", "--target", "gaussian1d", "--n", "-5", "--out", "{tmp}/a"],
+        ["run", "gaussian-1d", "--quick", "--out", "/proc/forbidden/x"],
+        ["run", "--config", "{tmp}/missing.json"],
+        ["sample", "--target", "gaussian1d", "--method", "svgd", "--out", "{tmp}/a"],
+    ],
+)
+def test_bad_input_exits_with_one_line(tmp_path, args):
+    p = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], check=False)
+    assert p.returncode != 0
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr
