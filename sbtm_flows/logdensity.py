@@ -24,6 +24,22 @@ Estimators (n particles, all in log space for stability):
 
 :func:`importance` gives the self-normalised estimate E_π[g] ≈ Σ w̄ⁱ g(Xⁱ), w̄ = w / Σw,
 with its ESS and a delta-method standard error.
+
+Caveat — the particles are not independent of the map.  s_Θ is trained on the very particles
+whose density is tracked, and implicit score matching, mean(|s|² + 2∇·s), rewards a too
+negative ∇·s at the training points; so ℓ drifts low there, the weights come out too large,
+``log_z`` is biased high and ``kl_plus_logz`` low (the KL estimate can even go negative).
+Measured (``benchmarks/logdensity_hutchinson.py``): +0.02 in log Z for d = 2, n = 1000, but
+≈ +0.8 for d = 10, n = 500, where fresh particles pushed through the same flow are unbiased
+(+0.01).  Trust these numbers when n is large compared with the network's capacity to fit
+individual points (low d), and compare with held-out particles otherwise.
+
+Hutchinson divergences (``divergence="hutchinson"``): the rate −Δlog π + ∇·s then uses one
+set of probes per particle for the whole run (flow mode; redrawn every step in steps mode),
+and an autograd Laplacian of log π uses the same probes as ∇·s
+(:func:`~sbtm_flows.dynamics.particle_rates`).  Each particle's ℓ then carries a random error
+whose variance grows with time and with ‖∇v‖_F, and log Z, an exponential average, is
+biased by it (upwards, like the training-particle bias): see the benchmark table.
 """
 
 from __future__ import annotations
