@@ -4,9 +4,10 @@ Sample from an unnormalised density π: particles follow dX/dt = ∇log π_t(X) 
 while the score network s_Θ ≈ ∇log f_t is trained online by implicit score matching.
 """
 
-from . import diagnostics, dynamics, losses, paths, score, targets
+from . import diagnostics, dynamics, logdensity, losses, paths, score, targets
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
+from .logdensity import ImportanceEstimate, effective_sample_size, importance, log_z_estimate
 from .paths import Path, as_path
 from .result import Result, load
 from .sampling import FIXED_GRID_SOLVERS, METHODS, SOLVERS, sample
@@ -16,6 +17,7 @@ from .targets import Gaussian, GaussianMixture, Target, from_log_prob, from_scor
 __all__ = [
     "diagnostics",
     "dynamics",
+    "logdensity",
     "losses",
     "paths",
     "score",
@@ -23,6 +25,10 @@ __all__ = [
     "SBTMFlow",
     "SBTMSteps",
     "SamplingError",
+    "importance",
+    "ImportanceEstimate",
+    "effective_sample_size",
+    "log_z_estimate",
     "Path",
     "as_path",
     "Result",

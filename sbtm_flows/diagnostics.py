@@ -16,6 +16,13 @@ velocity, :func:`score_diagnostics` returns, as means over the particles:
 
 ``kl_decrease`` (cumulative ∫ dissipation dt, trapezoid rule over the output times) is
 added by :func:`cumulative_trapezoid`.
+
+With ``track_logdensity=True`` a run also records, from the tracked ℓ = log f_t(X)
+(:func:`sbtm_flows.logdensity.density_diagnostics`): ``kl_plus_logz`` = mean(ℓ − log π̃(X))
+= KL(f_t‖π) − log Z, ``log_z`` (importance-sampling estimate of log Z), ``ess`` and, when
+the target knows ``log_Z``, ``kl``.  Along the flow d/dt(ℓ − log π̃(X)) = −∇·v − ⟨∇log π, v⟩
+particle by particle, whose mean is −``dissipation``: so kl_plus_logz(0) − kl_plus_logz(t)
+= ``kl_decrease``(t) up to the time discretisation, for any s.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ class Result:
         score_config: architecture of the score network (to rebuild it), or ``None``.
         log_density: ``(n,)`` log f_T at the final particles when tracked, else ``None``.
         log_density_trajectory: ``(T, n)`` when tracked.
+        log_target: ``(n,)`` log π̃(X_T) of the final target at the final particles, when the
+            log-density is tracked and the target has ``log_prob`` (for importance weights).
         info: free-form facts about the run (initial fit error, stop reason, train steps…).
     """
 
@@ -47,6 +49,7 @@ class Result:
     score_config: dict | None = None
     log_density: Tensor | None = None
     log_density_trajectory: Tensor | None = None
+    log_target: Tensor | None = None
     info: dict = field(default_factory=dict)
 
     @property

@@ -27,6 +27,7 @@ from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 from .diagnostics import cumulative_trapezoid, score_diagnostics
 from .dynamics import SBTMFlow, SBTMSteps, hessian_max_eigenvalue
 from .errors import SamplingError
+from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
 from .result import Result
 from .score import ScoreMLP, fit_score, flatten_params
@@ -380,7 +381,10 @@ def run_sbtm(
         init_steps, init_tol: the initial fit of s_Θ to ∇log f_0 (explicit score matching if
             ``init`` has a score, else implicit); its relative error is in ``result.info``.
         stop_fisher: stop at the first output time with F^n < stop_fisher (Remark 3.8).
-        track_logdensity: integrate log f_t along each particle (needs ``init.log_prob``).
+        track_logdensity: integrate ℓ = log f_t(X) along each particle (needs ``init`` to be a
+            law with an exact ``log_prob``); adds ``result.log_density``, ``result.log_target``
+            and the diagnostics ``kl_plus_logz``, ``log_z``, ``ess`` (``kl`` when the target
+            knows ``log_Z``) of :mod:`sbtm_flows.logdensity` when the (final) target has ``log_prob``.
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
         stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
             a run that the solver cannot keep stable.
@@ -421,11 +425,8 @@ def run_sbtm(
     x0, init_target = initial_particles(init, n, dim, gen, dtype, device)
     n = x0.shape[0]
     check_initial_score(path, x0, t0)
-    log_f0 = None
-    if track_logdensity:
-        if init_target is None or not getattr(init_target, "has_log_prob", hasattr(init_target, "log_prob")):
-            raise ValueError("track_logdensity=True needs init to be a law with log_prob (normalised), not a tensor")
-        log_f0 = init_target.log_prob(x0)
+    log_f0 = initial_log_density(init_target, x0) if track_logdensity else None
+    log_target = target_log_prob(path) if track_logdensity else None
 
     # ---- the score network and its initial fit ------------------------------------------
     if score_model is None:
@@ -476,7 +477,10 @@ def run_sbtm(
         t = float(grid[out_idx[k]])
         x, theta, fn = state_parts(y)
         diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x))
-        rec.add(t, x, theta, dyn.log_density(y), diag)
+        logd = dyn.log_density(y)
+        if logd is not None and log_target is not None:
+            diag.update(density_diagnostics(log_target(x), logd, getattr(path.target, "log_Z", None)))
+        rec.add(t, x, theta, logd, diag)
         return stop_fisher is not None and diag["fisher"] < stop_fisher
 
     def advance(y, i0, i1):
@@ -504,7 +508,10 @@ def run_sbtm(
         info["stopped"] = f"F^n = {rec.diags['fisher'][-1]:.4g} < stop_fisher = {stop_fisher} at t = {rec.times[-1]:.6g}"
     if training == "steps":
         info["train_steps"] = dyn.train_steps
+    if track_logdensity and log_target is None:
+        info["density_diagnostics"] = "unavailable: the target has no log_prob (kl_plus_logz, log_z, ess need log π̃)"
     packed = rec.pack()
+    final_logd = packed["log_density_trajectory"][-1] if packed["log_density_trajectory"] is not None else None
     return Result(
         particles=packed["trajectory"][-1],
         times=packed["times"],
@@ -516,8 +523,9 @@ def run_sbtm(
         config=_config_of(args),
         thetas=packed["thetas"],
         score_config=score_model.config() if hasattr(score_model, "config") else None,
-        log_density=packed["log_density_trajectory"][-1] if packed["log_density_trajectory"] is not None else None,
+        log_density=final_logd,
         log_density_trajectory=packed["log_density_trajectory"],
+        log_target=log_target(packed["trajectory"][-1]) if final_logd is not None and log_target is not None else None,
         info=info,
     )
 
