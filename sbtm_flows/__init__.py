@@ -4,27 +4,43 @@ Sample from an unnormalised density π: particles follow dX/dt = ∇log π_t(X) 
 while the score network s_Θ ≈ ∇log f_t is trained online by implicit score matching.
 """
 
-from . import diagnostics, dynamics, losses, paths, score, targets
+from . import diagnostics, dynamics, losses, metrics, paths, score, sde, targets
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
-from .paths import Path, as_path
+from .metrics import compare_laws, energy_distance, mode_tv, mode_weights, sinkhorn, sliced_wasserstein, tv_distance
+from .paths import Constant, Dilation, Geometric, Path, as_path
 from .result import Result, load
 from .sampling import FIXED_GRID_SOLVERS, METHODS, SOLVERS, sample
 from .score import ScoreMLP
+from .sde import SDE_SOLVERS, LangevinSDE
 from .targets import Gaussian, GaussianMixture, Target, from_log_prob, from_score
 
 __all__ = [
     "diagnostics",
     "dynamics",
     "losses",
+    "metrics",
     "paths",
+    "sde",
     "score",
     "targets",
     "SBTMFlow",
     "SBTMSteps",
     "SamplingError",
     "Path",
+    "Constant",
+    "Geometric",
+    "Dilation",
     "as_path",
+    "LangevinSDE",
+    "SDE_SOLVERS",
+    "compare_laws",
+    "energy_distance",
+    "sliced_wasserstein",
+    "sinkhorn",
+    "mode_weights",
+    "mode_tv",
+    "tv_distance",
     "Result",
     "load",
     "sample",
