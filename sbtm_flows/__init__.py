@@ -4,14 +4,16 @@ Sample from an unnormalised density π: particles follow dX/dt = ∇log π_t(X) 
 while the score network s_Θ ≈ ∇log f_t is trained online by implicit score matching.
 """
 
-from . import diagnostics, dynamics, logdensity, losses, paths, score, targets
+from . import diagnostics, dynamics, logdensity, losses, metrics, paths, score, sde, targets
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
 from .logdensity import ImportanceEstimate, effective_sample_size, importance, log_z_estimate
-from .paths import Path, as_path
+from .metrics import compare_laws, energy_distance, mode_tv, mode_weights, sinkhorn, sliced_wasserstein, tv_distance
+from .paths import Constant, Dilation, Geometric, Path, as_path
 from .result import Result, load
 from .sampling import FIXED_GRID_SOLVERS, METHODS, SOLVERS, sample
 from .score import ScoreMLP
+from .sde import SDE_SOLVERS, LangevinSDE
 from .targets import Gaussian, GaussianMixture, Target, from_log_prob, from_score
 
 __all__ = [
@@ -19,7 +21,9 @@ __all__ = [
     "dynamics",
     "logdensity",
     "losses",
+    "metrics",
     "paths",
+    "sde",
     "score",
     "targets",
     "SBTMFlow",
@@ -30,7 +34,19 @@ __all__ = [
     "effective_sample_size",
     "log_z_estimate",
     "Path",
+    "Constant",
+    "Geometric",
+    "Dilation",
     "as_path",
+    "LangevinSDE",
+    "SDE_SOLVERS",
+    "compare_laws",
+    "energy_distance",
+    "sliced_wasserstein",
+    "sinkhorn",
+    "mode_weights",
+    "mode_tv",
+    "tv_distance",
     "Result",
     "load",
     "sample",

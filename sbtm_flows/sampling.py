@@ -33,7 +33,9 @@ from .result import Result
 from .score import ScoreMLP, fit_score, flatten_params
 from .targets import Gaussian, Target, check_particles
 
-__all__ = ["sample", "SOLVERS", "FIXED_GRID_SOLVERS", "METHODS", "TRAININGS", "Recorder", "drive", "make_generator"]
+__all__ = [
+    "sample", "SOLVERS", "FIXED_GRID_SOLVERS", "METHODS", "TRAININGS", "Recorder", "drive", "make_generator", "prepare_run",
+]
 
 #: torchdiffeq's registry: method name -> solver class.
 SOLVERS: dict[str, type] = {k: v for k, v in _TORCHDIFFEQ_SOLVERS.items() if k != "scipy_solver"}
@@ -306,11 +308,36 @@ def _resolve_dtype(dtype) -> torch.dtype:
 # ----------------------------------------------------------------------------------------
 # sample()
 # ----------------------------------------------------------------------------------------
+def prepare_run(target, init, n, t0: float, t_final: float, dt: float, save_every: int, seed, dtype, device):
+    """Validation and set-up shared by every method: checks ``dt``, ``t_final > t0`` and
+    ``save_every``; resolves dtype/device; builds the path (moved to them), the seeded
+    generator and X₀ (drawn first from it), and checks ∇log π_{t0} at X₀.
+
+    Returns ``(path, generator, x0 (n, d), init_target, dtype, device)``."""
+    for name, v in (("dt", dt), ("t_final", t_final), ("t0", t0)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt}")
+    if not t_final > t0:
+        raise ValueError(f"t_final must be > t0, got t_final={t_final}, t0={t0}")
+    _check_positive("save_every", save_every, integer=True)
+    dtype = _resolve_dtype(dtype)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    path = _moved(as_path(target), dtype, device)
+    gen = make_generator(seed)
+    x0, init_target = initial_particles(init, n, path.dim, gen, dtype, device)
+    check_initial_score(path, x0, t0)
+    return path, gen, x0, init_target, dtype, device
+
+
 def sample(target, method: str = "sbtm", **kwargs) -> Result:
     r"""Sample from ``target`` (a target or an annealing path) with ``method``.
 
     Methods: ``"sbtm"`` (the coupled particle/network flow; see :func:`run_sbtm` for its
-    arguments) and, when :mod:`sbtm_flows.sde` is loaded, ``"ula"`` (Langevin).
+    arguments) and ``"ula"`` (overdamped Langevin as a torchsde SDE, registered by
+    :mod:`sbtm_flows.sde`; see :func:`~sbtm_flows.sde.run_ula`). On an annealing path they are
+    annealed SBTM and annealed ULA.
     Common keyword arguments: ``init`` (a target with ``sample`` or a tensor ``(n, d)``),
     ``n``, ``t0``, ``t_final``, ``dt``, ``save_every``, ``seed``, ``device``, ``dtype``,
     ``progress``, ``checkpoint``, ``resume``.
@@ -405,26 +432,12 @@ def run_sbtm(
     _check_solver(solver)
     if training not in TRAININGS:
         raise ValueError(f"unknown training {training!r}; valid: {', '.join(TRAININGS)}")
-    for name in ("dt", "t_final"):
-        if not isinstance(args[name], (int, float)) or not math.isfinite(args[name]):
-            raise ValueError(f"{name} must be a finite number, got {args[name]!r}")
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
-    if not t_final > t0:
-        raise ValueError(f"t_final must be > t0, got t_final={t_final}, t0={t0}")
-    _check_positive("save_every", save_every, integer=True)
     _check_positive("stop_fisher", stop_fisher, allow_none=True)
     _check_positive("max_nfe", max_nfe, integer=True, allow_none=True)
-    dtype = _resolve_dtype(dtype)
-    device = torch.device(device) if device is not None else torch.device("cpu")
     fixed = solver in FIXED_GRID_SOLVERS
-
-    path = _moved(as_path(target), dtype, device)
+    path, gen, x0, init_target, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
     dim = path.dim
-    gen = make_generator(seed)
-    x0, init_target = initial_particles(init, n, dim, gen, dtype, device)
     n = x0.shape[0]
-    check_initial_score(path, x0, t0)
     log_f0 = initial_log_density(init_target, x0) if track_logdensity else None
     log_target = target_log_prob(path) if track_logdensity else None
 

@@ -1,0 +1,235 @@
+r"""Langevin baselines as torchsde SDEs: ULA and annealed ULA.
+
+The overdamped Langevin SDE on a path π_t (a constant path for plain ULA),
+
+    dX_t = ∇log π_t(X_t) dt + √2 dW_t,        X: (n, d), W: n independent d-dim. Brownian motions,
+
+is :class:`LangevinSDE`, a torchsde module (``f``, ``g``, ``noise_type``, ``sde_type``; the
+batch is the particles).  Its law solves the same Fokker–Planck equation as the SBTM
+ODE dX/dt = ∇log π_t − ∇log f_t, so the two have the same marginals f_t.
+
+The noise is additive (g = √2 does not depend on X), so Itô and Stratonovich readings agree
+and every torchsde method that handles diagonal noise is valid (:data:`SDE_SOLVERS`, read
+from torchsde's own tables).  ``"euler"`` (Euler–Maruyama) is ULA.
+
+:func:`run_ula` (``sf.sample(..., method="ula")``) steps on the path's time grid
+(``path.time_grid``: uniform, or λ-aware for :class:`~sbtm_flows.paths.Dilation`) through
+the shared chunked driver, with one seeded ``torchsde.BrownianInterval`` spanning
+[t0, t_final] — same seed ⇒ bitwise the same particles.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+import torchsde
+from torch import Tensor
+from torchsde._core import methods as _tsde_methods
+from torchsde.settings import METHODS as _TSDE_METHODS
+
+from .dynamics import particle_rates
+from .errors import SamplingError
+from .paths import Path, as_path
+from .result import Result
+from .sampling import METHODS, Recorder, _config_of, drive, output_grid, prepare_run
+
+__all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs"]
+
+_ADJOINT_ONLY = {"adjoint_reversible_heun"}
+
+
+def _solver_table() -> dict[str, tuple[str, str]]:
+    """method -> (sde_type, levy_area_approximation) for every torchsde method whose
+    ``noise_types`` include diagonal noise (forward-only methods)."""
+    table = {}
+    for name in _TSDE_METHODS.all():
+        if name in _ADJOINT_ONLY:
+            continue
+        cls = _tsde_methods.select(name, "ito")
+        if "diagonal" not in cls.noise_types or "additive" not in cls.noise_types:
+            continue
+        levy = cls.levy_area_approximations
+        area = "none" if "none" in levy else ("space-time" if "space-time" in levy else "foster")
+        table[name] = (cls.sde_type, area)
+    return table
+
+
+#: torchsde methods accepted by :func:`run_ula`: name -> (sde_type, Lévy-area approximation).
+SDE_SOLVERS: dict[str, tuple[str, str]] = _solver_table()
+
+
+def _check_sde_solver(name: str) -> None:
+    if name in SDE_SOLVERS:
+        return
+    valid = ", ".join(sorted(SDE_SOLVERS))
+    if name in _ADJOINT_ONLY:
+        raise ValueError(f"sde_solver {name!r} is the backward pass of sdeint_adjoint, not a forward solver; valid: {valid}")
+    if name in _TSDE_METHODS.all():
+        raise ValueError(f"sde_solver {name!r} does not support the additive diagonal noise of the Langevin SDE; valid: {valid}")
+    raise ValueError(f"unknown sde_solver {name!r}; valid torchsde methods for additive diagonal noise: {valid}")
+
+
+class LangevinSDE(torch.nn.Module):
+    r"""dX = ∇log π_t(X) dt + √2 dW as a torchsde SDE (state ``(n, d)``, batch = particles).
+
+    Args:
+        path: a target (constant path) or an annealing path with ``score(x, t)``.
+        sde_type: ``"ito"`` or ``"stratonovich"`` — the same SDE, the noise being additive;
+            set it to what the torchsde method expects.
+        check_finite: raise :class:`SamplingError` when ∇log π_t is NaN/inf.
+
+    Example::
+
+        sde = LangevinSDE(target)
+        bm = torchsde.BrownianInterval(0.0, 1.0, size=x0.shape, entropy=0)
+        xs = torchsde.sdeint(sde, x0, torch.tensor([0.0, 1.0]), bm=bm, dt=0.01, method="euler")
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(self, path, sde_type: str = "ito", check_finite: bool = True):
+        super().__init__()
+        if sde_type not in ("ito", "stratonovich"):
+            raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}")
+        self.path: Path = as_path(path)
+        self.sde_type = sde_type
+        self.check_finite = check_finite
+        self.nfe = 0
+
+    def f(self, t: Tensor | float, y: Tensor) -> Tensor:
+        """Drift ∇log π_t(y), ``(n, d) -> (n, d)``; raises :class:`SamplingError` if NaN/inf."""
+        self.nfe += 1
+        v, _ = particle_rates(self.path, t, y, y.new_zeros(()), None, self.check_finite)
+        return v
+
+    def g(self, t: Tensor | float, y: Tensor) -> Tensor:
+        """Diagonal diffusion √2 (one entry per coordinate), ``(n, d)``."""
+        return torch.full_like(y, math.sqrt(2.0))
+
+
+def uniform_runs(ts: Tensor, rtol: float = 1e-6) -> list[tuple[int, int]]:
+    """Split a grid ``(m,)`` into maximal runs of equal steps (relative tolerance ``rtol``):
+    index pairs ``(a, b)`` with ts[a:b+1] uniform.  A uniform grid is one run."""
+    h = (ts[1:] - ts[:-1]).tolist()
+    runs, a = [], 0
+    for i in range(1, len(h)):
+        if abs(h[i] - h[a]) > rtol * abs(h[a]):
+            runs.append((a, i))
+            a = i
+    runs.append((a, len(h)))
+    return runs
+
+
+def run_ula(
+    target,
+    *,
+    init=None,
+    n: int | None = None,
+    t0: float = 0.0,
+    t_final: float = 1.0,
+    dt: float = 0.01,
+    sde_solver: str = "euler",
+    solver_options: dict | None = None,
+    save_every: int = 1,
+    times=None,
+    seed: int | None = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+) -> Result:
+    r"""Run (annealed) ULA: dX = ∇log π_t(X) dt + √2 dW with torchsde, from X₀ ~ init.
+
+    Args:
+        target: a target, an annealing path (:class:`~sbtm_flows.paths.Geometric`,
+            :class:`~sbtm_flows.paths.Dilation`, …) or any object with ``dim`` and ``score``.
+        init, n, t0, t_final, dt, save_every, times, seed, device, dtype, progress: as for
+            :func:`~sbtm_flows.sampling.run_sbtm`.  The steps are the path's time grid
+            (``path.time_grid(t0, t_final, dt)``), so annealed runs take the path's λ-aware steps.
+        sde_solver: a torchsde method valid for additive diagonal noise (:data:`SDE_SOLVERS`;
+            ``"euler"`` = Euler–Maruyama = ULA, ``"milstein"``, ``"srk"``, ``"heun"``, …).
+        solver_options: passed to ``torchsde.sdeint`` as ``options``.
+        checkpoint: not supported for ULA (raises if given).
+
+    The Brownian path is one ``torchsde.BrownianInterval`` over [t0, t_final] whose entropy is
+    drawn from the seeded generator after X₀: same seed ⇒ bitwise the same particles.
+
+    Returns:
+        a :class:`~sbtm_flows.result.Result` with ``method="ula"``, empty ``diagnostics`` (there
+        is no score model, so no Fisher information or dissipation: see ``info["diagnostics"]``).
+
+    Raises:
+        ValueError: bad arguments (an sde_solver outside :data:`SDE_SOLVERS`, …).
+        SamplingError: ∇log π_t or the particles became NaN/inf (names t and the count).
+    """
+    args = dict(locals())
+    args.pop("target")
+    _check_sde_solver(sde_solver)
+    if checkpoint is not None:
+        raise ValueError("checkpoint/resume is not supported for method='ula'; rerun with the same seed instead")
+    path, gen, x0, _, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
+    sde_type, levy = SDE_SOLVERS[sde_solver]
+    sde = LangevinSDE(path, sde_type=sde_type)
+    grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), True, times)
+    entropy = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    h_min = float((grid[1:] - grid[:-1]).min())
+    bm = torchsde.BrownianInterval(
+        t0=float(grid[0]), t1=float(grid[-1]), size=tuple(x0.shape), dtype=dtype, device=device,
+        entropy=entropy, dt=h_min, levy_area_approximation=levy,
+    )
+
+    def advance(y: Tensor, i0: int, i1: int) -> Tensor:
+        ts = grid[i0 : i1 + 1]
+        for a, b in uniform_runs(ts):
+            span = ts[[a, b]]
+            step = float(span[1] - span[0]) / (b - a) * (1.0 + 1e-9)  # lands exactly on ts[b]
+            y = torchsde.sdeint(sde, y, span, bm=bm, dt=step, method=sde_solver, options=solver_options)[-1]
+            bad = ~torch.isfinite(y).all(-1)
+            if bad.any():
+                t_b = float(span[1])
+                raise SamplingError(
+                    f"the ULA particles became NaN/inf at {int(bad.sum())} of {y.shape[0]} particles by t={t_b:.6g} "
+                    f"({sde_solver!r}, step {step:.3g}); lower dt or check the target's score",
+                    t=t_b,
+                )
+        return y
+
+    rec = Recorder()
+    rec.add(float(grid[out_idx[0]]), x0)
+
+    def record(y: Tensor, k: int) -> bool:
+        rec.add(float(grid[out_idx[k]]), y)
+        return False
+
+    t_start = time.perf_counter()
+    with torch.no_grad():
+        drive(advance, record, x0, out_idx, grid, progress=progress, desc="ula",
+              postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": sde.nfe})
+    wall = time.perf_counter() - t_start
+    packed = rec.pack()
+    info = {
+        "diagnostics": "ULA has no score model, so the relative Fisher information, the score-matching loss and the "
+        "dissipation diagnostics (which need s ≈ ∇log f_t) are not computed; compare laws with sf.compare_laws "
+        "or fit a score to result.trajectory",
+        "sde_type": sde_type,
+        "levy_area_approximation": levy,
+        "brownian_entropy": entropy,
+        "n_steps": int(grid.numel() - 1),
+    }
+    return Result(
+        particles=packed["trajectory"][-1],
+        times=packed["times"],
+        trajectory=packed["trajectory"],
+        diagnostics=packed["diagnostics"],
+        nfe=int(sde.nfe),
+        wall_time=wall,
+        method="ula",
+        config=_config_of(args),
+        info=info,
+    )
+
+
+METHODS["ula"] = run_ula
