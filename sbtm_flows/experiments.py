@@ -257,13 +257,13 @@ EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
         Experiment("gaussian-1d", "5.1", "N(0,1) from N(0, 1-e^-0.2): exact Fokker-Planck solution (Figs 1, 2)", gaussian_1d,
-                   dict(_BASE, n=1000, t_final=2.0, dt=0.01, save_every=1), dict(n=400, t_final=1.0, dt=0.02)),
+                   dict(_BASE, n=1000, t_final=2.0, dt=0.01, save_every=1), dict(n=400, t_final=1.0, dt=0.01, save_every=2)),
         Experiment("mixture-1d", "5.2", "1/4 N(-2,1) + 3/4 N(2,1) from N(0,1) (Fig 3)", mixture_1d,
-                   dict(_BASE, n=5000, t_final=30.0, dt=0.01, save_every=10), dict(n=400, t_final=3.0, dt=0.02, save_every=5)),
+                   dict(_BASE, n=5000, t_final=30.0, dt=0.01, save_every=10), dict(n=400, t_final=3.0, dt=0.01, save_every=5)),
         Experiment("geometric-1d", "5.3", "1/4 N(-4,1) + 3/4 N(4,1), geometric annealing (Fig 4)", geometric_1d,
-                   dict(_BASE, n=5000, t_final=10.0, dt=0.01, save_every=5), dict(n=400, t_final=2.0, dt=0.02, save_every=5)),
+                   dict(_BASE, n=5000, t_final=10.0, dt=0.01, save_every=5), dict(n=400, t_final=2.0, dt=0.01, save_every=5)),
         Experiment("dilation-2d", "5.4", "16-mode grid mixture, dilation annealing (Figs 5, 6)", dilation_2d,
-                   dict(_BASE, n=4000, t_final=20.0, dt=0.01, save_every=20), dict(n=400, t_final=2.0, dt=0.02, save_every=5)),
+                   dict(_BASE, n=4000, t_final=20.0, dt=0.01, save_every=20), dict(n=400, t_final=2.0, dt=0.01, save_every=5)),
     )
 }
 
