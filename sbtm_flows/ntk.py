@@ -282,8 +282,9 @@ def loss_rates(
     r"""The loss of the bound, its rate along the particles, and the Θ-gradients.
 
     With v = ∇log π_t(X) − s_Θ(X) ``(n, d)`` (the particle velocity, held fixed as the
-    direction; or the given ``velocity (n, d)``, e.g. a known velocity field) and Θ frozen, ∂_τ is the exact directional derivative by reverse-mode
-    autograd (double backward through the divergence):
+    direction; or the given ``velocity (n, d)``, e.g. a known velocity field) and Θ frozen,
+    ∂_τ is the exact directional derivative by reverse-mode autograd (double backward
+    through the divergence):
 
     * ``reference_score`` g(x, t) given: L^n(X, t) = mean|s_Θ(X) − g(X, t)|² and
       ∂_τ L^n = ⟨∇_X L^n, v⟩ + ∂_t L^n (g must be built from torch ops on ``t``; a g that
@@ -401,7 +402,7 @@ def eta_condition(
 # ----------------------------------------------------------------------------------------
 # An η that follows the condition
 # ----------------------------------------------------------------------------------------
-def stability_ceiling(flow: SBTMFlow, y: Tensor, h: float, c: float = 2.0, margin: float = 0.5,
+def stability_ceiling(flow: SBTMFlow, y: Tensor, h: float, c: float = 2.0, margin: float = 0.8,
                       generator: torch.Generator | None = None) -> float:
     r"""margin · c / (λ_max(∇²_Θ L) · h): the largest η a solver with real stability
     interval [−c, 0] and step h keeps stable at state y (the pre-run check of ``sample``
@@ -420,7 +421,7 @@ class NTKEta:
         floor: smallest η (> 0): the threshold is ≤ 0 whenever the particle motion does not
             increase the loss, and the network should still train.
         ceiling: largest η; ``None`` lets :func:`~sbtm_flows.sampling.sample` set it to
-            :func:`stability_ceiling` (½ · c / (λ_max(∇²_Θ L)·dt), c the solver's stability
+            :func:`stability_ceiling` (0.8 · c / (λ_max(∇²_Θ L)·dt), c the solver's stability
             limit, 2 for adaptive ones), so the stiffness check can never refuse the run.
             Direct users of :class:`SBTMFlow` must set it.
         bound: ``"exact"`` (default) — the threshold is ``EtaCondition.eta_exact``, the
