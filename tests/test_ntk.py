@@ -233,3 +233,25 @@ def test_sample_records_ntk_diagnostics_and_runs_eta_ntk():
         sf.sample(target, init=init, n=10, t_final=0.1, eta="ntk2")
     with pytest.raises(ValueError, match="record_ntk_every"):
         sf.sample(target, init=init, n=10, t_final=0.1, training="steps", record_ntk_every=1)
+
+
+def test_eta_ntk_matches_best_constant_eta_on_5_1():
+    """Paper 5.1, n = 1000, heun2, dt = 0.01, t = 0.5: eta="ntk" (implicit loss) and NTKEta
+    with the exact score as reference reach the accuracy of the best η of {2, 5, 8}
+    (8 is the largest the stiffness check allows: 8.65)."""
+    target, init = _gauss51()
+    ve = 1 - math.exp(-2 * 0.6)
+    fe = (1 - ve) ** 2 / ve
+
+    def errors(eta):
+        r = sf.sample(target, init=init, n=1000, t_final=0.5, dt=0.01, solver="heun2", seed=0, eta=eta)
+        return abs(float(r.particles.var()) / ve - 1), abs(float(r.diagnostics["fisher"][-1]) / fe - 1), r
+
+    sweep = {e: errors(e) for e in (2.0, 5.0, 8.0)}
+    best = min(sweep, key=lambda e: sweep[e][0])
+    assert sweep[best][0] < 0.03 and sweep[best][1] < 0.15
+    for eta in ("ntk", ntk.NTKEta(reference_score=ref_score)):
+        var_err, f_err, r = errors(eta)
+        assert var_err < 0.03 and f_err < 0.15, (eta, var_err, f_err)
+        assert var_err <= sweep[best][0] + 0.015
+        assert r.nfe == sweep[best][2].nfe  # heun2 on the same grid: 2 evaluations per step
