@@ -188,8 +188,12 @@ def ntk_min_eigenvalue(
     Args:
         method: ``"dense"`` (``torch.linalg.eigvalsh`` of :func:`empirical_ntk` in float64),
             ``"lanczos"`` (``scipy.sparse.linalg.eigsh``, smallest algebraic eigenvalue, on
-            the float64 matrix-free :func:`ntk_matvec`; never forms H), or ``"auto"`` (dense
-            for n·d ≤ ``DENSE_EIG_MAX``).  When n·d > P the rank bound gives λ_min = 0
+            the float64 matrix-free :func:`ntk_matvec`; never forms H; raises ValueError if
+            it does not converge — slow when λ_min sits in a cluster near 0),
+            ``"lobpcg"`` (``scipy.sparse.linalg.lobpcg``, block of 4, matrix-free; after
+            ``maxiter`` (default 200) iterations it returns the smallest Ritz value, an
+            *upper* bound on λ_min even if not converged), or ``"auto"`` (dense for
+            n·d ≤ ``DENSE_EIG_MAX``, else lobpcg).  When n·d > P the rank bound gives λ_min = 0
             exactly and the Lanczos route returns 0.0 without iterating.
         tol, maxiter: passed to ``eigsh``.
 
@@ -200,25 +204,44 @@ def ntk_min_eigenvalue(
     model, th = _model_theta(model_or_flow, theta)
     nd, p = x.numel(), th.numel()
     if method == "auto":
-        method = "dense" if nd <= DENSE_EIG_MAX else "lanczos"
+        method = "dense" if nd <= DENSE_EIG_MAX else "lobpcg"
     if method == "dense":
         h = empirical_ntk(model, x.to(torch.float64), th.to(torch.float64))
         return float(torch.linalg.eigvalsh(h)[0])
-    if method == "lanczos":
+    if method in ("lanczos", "lobpcg"):
         if nd > p:
             return 0.0
         import numpy as np
-        from scipy.sparse.linalg import LinearOperator, eigsh
+        from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
         mv = ntk_matvec(model, x.to(torch.float64), th.to(torch.float64))
 
         def apply(v):
             return mv(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(nd))).numpy()
 
-        op = LinearOperator((nd, nd), matvec=apply, dtype=np.float64)
+        def apply_block(v):
+            v = np.ascontiguousarray(v, dtype=np.float64).reshape(nd, -1)
+            return mv(torch.from_numpy(v)).numpy()
+
+        op = LinearOperator((nd, nd), matvec=apply, matmat=apply_block, dtype=np.float64)
+        if method == "lobpcg":
+            import warnings
+
+            from scipy.sparse.linalg import lobpcg
+
+            block = np.random.default_rng(0).standard_normal((nd, 4))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # non-convergence: the Ritz value is still an upper bound
+                vals = lobpcg(op, block, largest=False, tol=tol, maxiter=maxiter or 200)[0]
+            return float(np.min(vals))
         v0 = np.ones(nd) / math.sqrt(nd)
-        return float(eigsh(op, k=1, which="SA", tol=tol, maxiter=maxiter, v0=v0, return_eigenvectors=False)[0])
-    raise ValueError(f"unknown method {method!r}; valid: auto, dense, lanczos")
+        try:
+            return float(eigsh(op, k=1, which="SA", tol=tol, maxiter=maxiter, v0=v0, return_eigenvectors=False)[0])
+        except ArpackNoConvergence as e:
+            if len(e.eigenvalues) == 0:
+                raise ValueError(f"Lanczos did not converge in maxiter={maxiter}; raise maxiter or tol={tol}") from e
+            return float(e.eigenvalues[0])
+    raise ValueError(f"unknown method {method!r}; valid: auto, dense, lanczos, lobpcg")
 
 
 # ----------------------------------------------------------------------------------------

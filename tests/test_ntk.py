@@ -73,6 +73,7 @@ def test_min_eigenvalue_dense_and_lanczos_agree(tiny):
     lam = float(torch.linalg.eigvalsh(_naive_ntk(model, x))[0])
     assert ntk.ntk_min_eigenvalue(model, x, method="dense") == pytest.approx(lam, rel=1e-9, abs=1e-12)
     assert ntk.ntk_min_eigenvalue(model, x, method="lanczos", tol=1e-12) == pytest.approx(lam, rel=1e-7, abs=1e-10)
+    assert ntk.ntk_min_eigenvalue(model, x, method="lobpcg", tol=1e-10) == pytest.approx(lam, rel=1e-6, abs=1e-9)
 
 
 def test_theta_argument_and_rank_deficiency(tiny):
