@@ -4,11 +4,12 @@ Sample from an unnormalised density π: particles follow dX/dt = ∇log π_t(X) 
 while the score network s_Θ ≈ ∇log f_t is trained online by implicit score matching.
 """
 
-from . import diagnostics, dynamics, logdensity, losses, metrics, paths, score, sde, targets
+from . import diagnostics, dynamics, logdensity, losses, metrics, ntk, paths, plotting, score, sde, targets
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
 from .logdensity import ImportanceEstimate, effective_sample_size, importance, log_z_estimate
 from .metrics import compare_laws, energy_distance, mode_tv, mode_weights, sinkhorn, sliced_wasserstein, tv_distance
+from .ntk import NTKEta, empirical_ntk, eta_condition, ntk_matvec, ntk_min_eigenvalue
 from .paths import Constant, Dilation, Geometric, Path, as_path
 from .result import Result, load
 from .sampling import FIXED_GRID_SOLVERS, METHODS, SOLVERS, sample
@@ -22,6 +23,13 @@ __all__ = [
     "logdensity",
     "losses",
     "metrics",
+    "ntk",
+    "plotting",
+    "NTKEta",
+    "empirical_ntk",
+    "eta_condition",
+    "ntk_matvec",
+    "ntk_min_eigenvalue",
     "paths",
     "sde",
     "score",

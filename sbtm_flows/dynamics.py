@@ -141,7 +141,9 @@ class SBTMFlow(_Base):
     Args:
         path: a target (constant path) or an annealing path with ``score(x, t)``.
         score_model: the network s_Θ, ``(n, d) -> (n, d)``; its current parameters are Θ₀.
-        eta: η, a number or a callable ``t -> float``.
+        eta: η, a number, a callable ``t -> float``, or an object with ``needs_state = True``
+            called as ``eta(t, x, theta, flow)`` from the current state (e.g.
+            :class:`~sbtm_flows.ntk.NTKEta`; the RHS stays a function of (t, y)).
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact for d ≤ 16).
         probes: number of Hutchinson probes (fixed for the run, so the RHS is a
             deterministic function of the state, as adaptive solvers need).
@@ -175,8 +177,11 @@ class SBTMFlow(_Base):
         self.eta = eta
         self.n_params = sum(p.numel() for p in score_model.parameters())
 
-    def eta_at(self, t: float | Tensor) -> float:
-        """η(t)."""
+    def eta_at(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None) -> float:
+        """η(t), or η(t, X, Θ) for a state-dependent η (called without a state, such an η
+        returns its largest value)."""
+        if getattr(self.eta, "needs_state", False):
+            return float(self.eta(t, x, theta, self if x is not None else None))
         return self.eta(_tfloat(t)) if callable(self.eta) else self.eta
 
     # ---- state layout -------------------------------------------------------------
@@ -242,7 +247,7 @@ class SBTMFlow(_Base):
         if self.check_finite and not torch.isfinite(grad).all():
             return self._nonfinite(t, y, "the loss gradient ∇_Θ L", _STIFF_HINT)
         v, dl = particle_rates(self.path, t, x, s, div if self.track_logdensity else None, self.check_finite, self.probes)
-        parts = [v.reshape(-1), -self.eta_at(t) * grad]
+        parts = [v.reshape(-1), -self.eta_at(t, x, theta) * grad]
         if dl is not None:
             parts.append(dl)
         return torch.cat(parts)

@@ -380,6 +380,8 @@ def run_sbtm(
     track_logdensity: bool = False,
     max_nfe: int | None = None,
     stiffness_check: bool = True,
+    record_ntk_every: int | None = None,
+    ntk_reference: Callable | None = None,
     seed: int | None = 0,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str = torch.float32,
@@ -402,7 +404,10 @@ def run_sbtm(
             ``solver_options`` passed through to torchdiffeq.
         training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state) or ``"steps"`` (the paper's
             K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step).
-        eta: η of the flow, a number or a callable of t.
+        eta: η of the flow, a number, a callable of t, ``"ntk"`` or an
+            :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
+            state; ``"ntk"`` = ``NTKEta()``; a ``ceiling=None`` is set to the stiffness limit
+            ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit).
         score_model: a network ``(n, d) -> (n, d)``; default :class:`ScoreMLP(hidden, activation)`.
         divergence: ``"exact"``, ``"hutchinson"`` (``probes`` probes) or ``"auto"``.
         init_steps, init_tol: the initial fit of s_Θ to ∇log f_0 (explicit score matching if
@@ -415,6 +420,12 @@ def run_sbtm(
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
         stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
             a run that the solver cannot keep stable.
+        record_ntk_every: every this many output times (0 included) record
+            :func:`~sbtm_flows.ntk.eta_condition` — λ_min(H), the η bound, the η used, the
+            losses — as the diagnostics ``ntk_*`` (``NTK_DIAGNOSTICS``), NaN at the other
+            output times (``training="flow"`` only).
+        ntk_reference: g(x, t) ≈ ∇log f_t for those records (default: the NTKEta's own
+            ``reference_score``, else the implicit loss; see ``eta_condition``).
         seed: seeds X₀, Θ₀ and Hutchinson probes (same seed ⇒ same particles).
         device, dtype: where and in which precision to run (float32 default).
         progress: show a tqdm progress bar.
@@ -434,6 +445,10 @@ def run_sbtm(
         raise ValueError(f"unknown training {training!r}; valid: {', '.join(TRAININGS)}")
     _check_positive("stop_fisher", stop_fisher, allow_none=True)
     _check_positive("max_nfe", max_nfe, integer=True, allow_none=True)
+    _check_positive("record_ntk_every", record_ntk_every, integer=True, allow_none=True)
+    if record_ntk_every is not None and training != "flow":
+        raise ValueError(f"record_ntk_every needs training='flow', got training={training!r}")
+    eta = _resolve_eta(eta)
     fixed = solver in FIXED_GRID_SOLVERS
     path, gen, x0, init_target, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
     dim = path.dim
@@ -475,6 +490,12 @@ def run_sbtm(
         y, rec, start, nfe0, wall0, info = _restore(resumed, dyn, training, device, dtype)
     dyn.nfe = nfe0
 
+    if training == "flow" and getattr(dyn.eta, "needs_state", False) and getattr(dyn.eta, "ceiling", 0) is None:
+        from .ntk import stability_ceiling
+
+        dyn.eta.ceiling = stability_ceiling(dyn, y, float((grid[1:] - grid[:-1]).max()) if fixed else dt,
+                                            _STABILITY.get(solver, 2.0), generator=gen)
+        info["ntk_eta_ceiling"] = dyn.eta.ceiling
     if training == "flow" and stiffness_check and resumed is None:
         h = float((grid[1:] - grid[:-1]).max()) if fixed else dt
         _stiffness_check(dyn, y, solver, h, t0, t_final, gen)
@@ -493,6 +514,8 @@ def run_sbtm(
         logd = dyn.log_density(y)
         if logd is not None and log_target is not None:
             diag.update(density_diagnostics(log_target(x), logd, getattr(path.target, "log_Z", None)))
+        if record_ntk_every is not None:
+            diag.update(_ntk_record(dyn, x, t, theta, k % int(record_ntk_every) == 0, ntk_reference))
         rec.add(t, x, theta, logd, diag)
         return stop_fisher is not None and diag["fisher"] < stop_fisher
 
@@ -544,6 +567,31 @@ def run_sbtm(
 
 
 METHODS["sbtm"] = run_sbtm
+
+
+def _resolve_eta(eta):
+    """``"ntk"`` -> a fresh ``NTKEta()``; an ``NTKEta`` is copied (``sample`` may set its ceiling)."""
+    from .ntk import NTKEta
+
+    if isinstance(eta, str):
+        if eta != "ntk":
+            raise ValueError(f"eta must be a number, a callable of t, 'ntk' or an NTKEta, got {eta!r}")
+        return NTKEta()
+    if isinstance(eta, NTKEta):
+        import copy
+
+        return copy.copy(eta)
+    return eta
+
+
+def _ntk_record(dyn: SBTMFlow, x: Tensor, t: float, theta: Tensor, now: bool, reference) -> dict:
+    """The ``ntk_*`` diagnostics at one output time (NaN when ``now`` is False)."""
+    from .ntk import NTK_DIAGNOSTICS, eta_condition
+
+    if not now:
+        return dict.fromkeys(NTK_DIAGNOSTICS, float("nan"))
+    ref = reference if reference is not None else getattr(dyn.eta, "reference_score", None)
+    return eta_condition(dyn, x, t, theta, reference_score=ref).as_diagnostics()
 
 
 def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float, t_final: float, gen) -> None:
