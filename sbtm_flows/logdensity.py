@@ -52,6 +52,7 @@ from torch import Tensor
 
 __all__ = [
     "DENSITY_DIAGNOSTICS",
+    "PARTICLE_SETS",
     "ImportanceEstimate",
     "log_weights",
     "log_z_estimate",
@@ -186,7 +187,11 @@ class ImportanceEstimate(NamedTuple):
     weights: Tensor
 
 
-def importance(result, g: Callable[[Tensor], Tensor], target=None) -> ImportanceEstimate:
+#: Which particles :func:`importance` weights.
+PARTICLE_SETS = ("auto", "holdout", "train")
+
+
+def importance(result, g: Callable[[Tensor], Tensor], target=None, particles: str = "auto") -> ImportanceEstimate:
     r"""Self-normalised importance-sampling estimate of E_π[g(X)] from a run's final particles.
 
     E_π[g] ≈ Σᵢ w̄ⁱ g(Xⁱ),  w̄ⁱ ∝ π̃(Xⁱ) / f_T(Xⁱ), with f_T the log-density tracked along the flow
@@ -198,25 +203,34 @@ def importance(result, g: Callable[[Tensor], Tensor], target=None) -> Importance
         g: ``(n, d) -> (n,)`` or ``(n, k)``, evaluated at the final particles.
         target: recompute log π̃ at the particles with this target's ``log_prob`` instead of
             using ``result.log_target`` (e.g. for results without it, or another π̃).
+        particles: ``"holdout"`` (the run's held-out particles, ``sample(..., holdout=m)``,
+            unbiased by the self-training of s_Θ), ``"train"`` (the n training particles) or
+            ``"auto"`` (held-out when the result has their log-density, else training).
 
     Raises:
-        ValueError: the result has no tracked log-density, no log π̃ is available (the
-            target has no ``log_prob``), or ``g`` returns a wrong shape.
+        ValueError: the result has no tracked log-density (for the chosen particles), no
+            log π̃ is available (the target has no ``log_prob``), ``particles`` is not one of
+            :data:`PARTICLE_SETS`, or ``g`` returns a wrong shape.
     """
-    log_density = getattr(result, "log_density", None)
+    if particles not in PARTICLE_SETS:
+        raise ValueError(f"unknown particles {particles!r}; valid: {', '.join(PARTICLE_SETS)}")
+    if particles == "auto":
+        particles = "holdout" if getattr(result, "holdout_log_density", None) is not None else "train"
+    prefix = "holdout_" if particles == "holdout" else ""
+    log_density = getattr(result, prefix + "log_density", None)
     if log_density is None:
         raise ValueError(
-            "importance() needs the log-density of the particles: run sample(..., track_logdensity=True) "
-            "with an init law that has log_prob"
+            f"importance(particles={particles!r}) needs the log-density of those particles: run "
+            f"sample(..., track_logdensity=True{', holdout=m' if prefix else ''}) with an init law that has log_prob"
         )
-    x = result.particles
+    x = getattr(result, prefix + "particles")
     if target is not None:
         if not getattr(target, "has_log_prob", callable(getattr(target, "log_prob", None))):
             raise ValueError(f"target {type(target).__name__} has no log_prob: importance weights need log π̃")
         with torch.no_grad():
             log_target = target.log_prob(x.to(_tensor_dtype(target, x.dtype)))
     else:
-        log_target = getattr(result, "log_target", None)
+        log_target = getattr(result, prefix + "log_target", None)
         if log_target is None:
             raise ValueError(
                 "the run's target has no log_prob (or the result predates log_target), so there are no "
