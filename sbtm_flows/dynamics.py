@@ -19,15 +19,21 @@ vec(X̃) [⊕ ℓ̃], X̃ ``(m, d)``, ℓ̃ = log f_t(X̃) ``(m,)``, moved by th
 ∇log π_t − s_Θ (and dℓ̃/dt = −Δlog π_t(X̃) + ∇·s_Θ(X̃)) but absent from the loss L, so
 they are fresh draws from f_t that s_Θ never saw.  Their rates are computed in separate
 calls (network, ∇log π_t, probes from ``holdout_generator``), so the training block's
-arithmetic is the same as without them: with a fixed-step Runge–Kutta solver (whose update
-is elementwise) the training particles and Θ are bitwise those of the run with ``holdout=0``.
-Adaptive solvers see the whole state in their error norm, held-out block included (so the
-held-out ℓ̃ is integrated to the requested tolerance too); their step sizes, hence the
-training trajectory, then differ from the ``holdout=0`` run at the level of rtol/atol.
+arithmetic is the same as without them: with a fixed-step Runge–Kutta or Adams–Bashforth
+solver (whose update is elementwise) the training particles and Θ are bitwise those of the run
+with ``holdout=0``.  Solvers that take a norm of the state are not: adaptive solvers see the
+whole state in their error norm, held-out block included — deliberately, so that ℓ̃, the
+quantity the held-out particles exist for, is integrated to the requested tolerance too —, so
+their step sizes, hence the training trajectory, differ from the ``holdout=0`` run at the level
+of rtol/atol; likewise ``implicit_adams`` / ``fixed_adams`` stop their corrector iteration on
+an L∞ test over the whole state, which the held-out block can prolong.  To keep the training
+steps of an adaptive run, pass a ``norm`` in ``solver_options`` that ignores the last
+``m·(d + 1)`` entries (at the price of uncontrolled held-out error).
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -38,11 +44,21 @@ from .losses import divergence, implicit_score_matching, make_probes, resolve_di
 from .paths import Path, as_path
 from .score import flatten_params, make_optimizer, optimize, unflatten_params
 
-__all__ = ["SBTMFlow", "SBTMSteps", "particle_rates", "hessian_max_eigenvalue"]
+__all__ = ["SBTMFlow", "SBTMSteps", "particle_rates", "hessian_max_eigenvalue", "check_holdout"]
 
 
 def _tfloat(t) -> float:
     return float(t.item()) if isinstance(t, Tensor) else float(t)
+
+
+def check_holdout(holdout) -> int:
+    """``holdout`` as an ``int`` m ≥ 0 (the number of held-out particles).
+
+    Raises:
+        ValueError: not a non-negative integer (bools and floats are refused)."""
+    if isinstance(holdout, bool) or not isinstance(holdout, numbers.Integral) or holdout < 0:
+        raise ValueError(f"holdout must be a non-negative integer (number of held-out particles), got {holdout!r}")
+    return int(holdout)
 
 
 def particle_rates(
@@ -99,10 +115,8 @@ class _Base(torch.nn.Module):
     def __init__(self, path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
                  holdout=0, holdout_generator=None):
         super().__init__()
-        if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
-            raise ValueError(f"holdout must be a non-negative integer (number of held-out particles), got {holdout!r}")
         #: m, the number of held-out particles at the end of the state.
-        self.holdout = holdout
+        self.holdout = check_holdout(holdout)
         #: generator of the held-out particles' Hutchinson probes (kept apart from ``generator``
         #: so that they do not shift the training stream).
         self.holdout_generator = holdout_generator

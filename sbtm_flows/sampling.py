@@ -25,7 +25,7 @@ from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
 from .diagnostics import cumulative_trapezoid, score_diagnostics
-from .dynamics import SBTMFlow, SBTMSteps, hessian_max_eigenvalue
+from .dynamics import SBTMFlow, SBTMSteps, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
@@ -187,10 +187,15 @@ class Recorder:
         """Record one output time (``holdout``: held-out particles ``(m, d)`` and their
         log-density ``(m,)``, either may be ``None``)."""
         self.times.append(float(t))
-        for store, v in ((self.xs, x), (self.thetas, theta), (self.logds, logd),
-                         (self.holdout_xs, holdout[0]), (self.holdout_logds, holdout[1])):
-            if v is not None:
-                store.append(v.detach().clone())
+        self.xs.append(x.detach().clone())
+        if theta is not None:
+            self.thetas.append(theta.detach().clone())
+        if logd is not None:
+            self.logds.append(logd.detach().clone())
+        if holdout[0] is not None:
+            self.holdout_xs.append(holdout[0].detach().clone())
+        if holdout[1] is not None:
+            self.holdout_logds.append(holdout[1].detach().clone())
         for k, v in (diag or {}).items():
             self.diags.setdefault(k, []).append(float(v))
 
@@ -441,8 +446,7 @@ def run_sbtm(
     _check_positive("save_every", save_every, integer=True)
     _check_positive("stop_fisher", stop_fisher, allow_none=True)
     _check_positive("max_nfe", max_nfe, integer=True, allow_none=True)
-    if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
-        raise ValueError(f"holdout must be a non-negative integer (number of held-out particles), got {holdout!r}")
+    holdout = check_holdout(holdout)
     dtype = _resolve_dtype(dtype)
     device = torch.device(device) if device is not None else torch.device("cpu")
     fixed = solver in FIXED_GRID_SOLVERS
