@@ -40,8 +40,9 @@ values are kept as ``log_z_train``, ``ess_train``, ``kl_plus_logz_train``, ``kl_
 :func:`importance` weights the held-out particles by default.  The training run is not changed
 by them (bitwise with fixed-step solvers; see :mod:`sbtm_flows.dynamics`).
 Measured (``benchmarks/logdensity_hutchinson.py``, d = 10, n = 500, m = 2000, exact
-divergence): training particles +0.79 in log Z and a negative "KL", held-out −0.01 ± 0.02;
-d = 5, n = 200 (tests/test_holdout.py, 10 seeds): training +0.31…+0.91, held-out within ±0.07.
+divergence): training particles +0.79 in log Z and a negative "KL", held-out +0.02 (sd 0.03,
+3 seeds); d = 5, n = 200 (tests/test_holdout.py, 10 seeds): training +0.31…+0.91, held-out
+within ±0.07.
 At d = 2, n = 1000 the training bias is small (+0.02), but even there a single over-fitted
 training particle can dominate the weights (+0.8 at n = 200 for one seed in six).  Use
 ``holdout`` (a few hundred to a few thousand; the cost is one more network and ∇·s
