@@ -13,10 +13,27 @@ before each time step the network takes K optimizer steps on L at the current pa
 particle velocity ∇log π_t − s_Θ with Θ frozen. Heun's corrector evaluates ∇log π_t at t+dt.
 
 Both share :func:`particle_rates`, the particle part of the RHS.
+
+Held-out ("passive") particles (``holdout=m``): both states end with a block
+vec(X̃) [⊕ ℓ̃], X̃ ``(m, d)``, ℓ̃ = log f_t(X̃) ``(m,)``, moved by the same velocity
+∇log π_t − s_Θ (and dℓ̃/dt = −Δlog π_t(X̃) + ∇·s_Θ(X̃)) but absent from the loss L, so
+they are fresh draws from f_t that s_Θ never saw.  Their rates are computed in separate
+calls (network, ∇log π_t, probes from ``holdout_generator``), so the training block's
+arithmetic is the same as without them: with a fixed-step Runge–Kutta or Adams–Bashforth
+solver (whose update is elementwise) the training particles and Θ are bitwise those of the run
+with ``holdout=0``.  Solvers that take a norm of the state are not: adaptive solvers see the
+whole state in their error norm, held-out block included — deliberately, so that ℓ̃, the
+quantity the held-out particles exist for, is integrated to the requested tolerance too —, so
+their step sizes, hence the training trajectory, differ from the ``holdout=0`` run at the level
+of rtol/atol; likewise ``implicit_adams`` / ``fixed_adams`` stop their corrector iteration on
+an L∞ test over the whole state, which the held-out block can prolong.  To keep the training
+steps of an adaptive run, pass a ``norm`` in ``solver_options`` that ignores the last
+``m·(d + 1)`` entries (at the price of uncontrolled held-out error).
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -27,11 +44,21 @@ from .losses import divergence, implicit_score_matching, make_probes, resolve_di
 from .paths import Path, as_path
 from .score import flatten_params, make_optimizer, optimize, unflatten_params
 
-__all__ = ["SBTMFlow", "SBTMSteps", "particle_rates", "hessian_max_eigenvalue"]
+__all__ = ["SBTMFlow", "SBTMSteps", "particle_rates", "hessian_max_eigenvalue", "check_holdout"]
 
 
 def _tfloat(t) -> float:
     return float(t.item()) if isinstance(t, Tensor) else float(t)
+
+
+def check_holdout(holdout) -> int:
+    """``holdout`` as an ``int`` m ≥ 0 (the number of held-out particles).
+
+    Raises:
+        ValueError: not a non-negative integer (bools and floats are refused)."""
+    if isinstance(holdout, bool) or not isinstance(holdout, numbers.Integral) or holdout < 0:
+        raise ValueError(f"holdout must be a non-negative integer (number of held-out particles), got {holdout!r}")
+    return int(holdout)
 
 
 def particle_rates(
@@ -85,8 +112,15 @@ _STIFF_HINT = (
 
 
 class _Base(torch.nn.Module):
-    def __init__(self, path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite):
+    def __init__(self, path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
+                 holdout=0, holdout_generator=None):
         super().__init__()
+        #: m, the number of held-out particles at the end of the state.
+        self.holdout = check_holdout(holdout)
+        #: generator of the held-out particles' Hutchinson probes (kept apart from ``generator``
+        #: so that they do not shift the training stream).
+        self.holdout_generator = holdout_generator
+        self.holdout_probes: Tensor | None = None
         self.path = as_path(path)
         self.model = score_model
         self.dim = self.path.dim
@@ -133,6 +167,67 @@ class _Base(torch.nn.Module):
             self._draw_probes(x.shape[0], x)
         return self.probes
 
+    # ---- the held-out block: the last m·(d [+ 1]) entries of every state ----------------
+    def _holdout_len(self) -> int:
+        return self.holdout * (self.dim + int(self.track_logdensity))
+
+    def _head(self, y: Tensor) -> Tensor:
+        """The training part of a state (everything before the held-out block)."""
+        return y[: y.shape[-1] - self._holdout_len()]
+
+    def split_holdout(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(X̃ (m, d), ℓ̃ (m,) or None)``: the held-out particles and, when tracked, their
+        log-density log f_t(X̃), from a state (views; ``X̃`` is ``(0, d)`` when m = 0)."""
+        tail = y[y.shape[-1] - self._holdout_len() :]
+        md = self.holdout * self.dim
+        return tail[:md].view(self.holdout, self.dim), (tail[md:] if self.track_logdensity else None)
+
+    def _append_holdout(self, parts: list[Tensor], x: Tensor | None, log_density: Tensor | None, like: Tensor) -> Tensor:
+        """cat(parts) ⊕ vec(X̃₀) [⊕ ℓ̃₀]: the initial state with its held-out block."""
+        if self.holdout == 0:
+            if x is not None and x.shape[0] > 0:
+                raise ValueError(f"holdout_x0 has {x.shape[0]} rows but the dynamics were built with holdout=0")
+            return torch.cat(parts)
+        if x is None or x.shape != (self.holdout, self.dim):
+            raise ValueError(
+                f"holdout={self.holdout} needs holdout_x0 of shape ({self.holdout}, {self.dim}), "
+                f"got {None if x is None else tuple(x.shape)}"
+            )
+        parts = [*parts, x.reshape(-1).to(like)]
+        if self.track_logdensity:
+            if log_density is None or log_density.shape != (self.holdout,):
+                raise ValueError(f"track_logdensity=True needs holdout_log_density0 ({self.holdout},) = log f_0(X̃_0)")
+            parts.append(log_density.to(like))
+        self._draw_holdout_probes(like)
+        return torch.cat(parts)
+
+    def _draw_holdout_probes(self, like: Tensor) -> None:
+        if self.divergence == "hutchinson" and self.holdout > 0:
+            self.holdout_probes = make_probes(
+                self.n_probes, self.holdout, self.dim, self.probe_distribution, self.holdout_generator, like.dtype, like.device
+            )
+
+    def _holdout_rates(self, t, y: Tensor, score_fn: Callable[[Tensor], Tensor]) -> list[Tensor] | None:
+        """[vec(v(X̃)) [, −∇·v(X̃)]] for the held-out block ([] when m = 0; ``None`` when X̃ is
+        non-finite).  ∇·s only when ℓ̃ is tracked; no gradient reaches Θ."""
+        if self.holdout == 0:
+            return []
+        x = self.split_holdout(y)[0].detach()
+        if self.check_finite and not torch.isfinite(x).all():
+            return None
+        probes = None
+        if self.divergence == "hutchinson":
+            if self.holdout_probes is None or self.holdout_probes.device != x.device:
+                self._draw_holdout_probes(x)
+            probes = self.holdout_probes
+        with torch.no_grad():
+            if self.track_logdensity:
+                s, div = divergence(score_fn, x, self.divergence, probes)
+            else:
+                s, div = score_fn(x), None
+            v, dl = particle_rates(self.path, t, x, s, div, self.check_finite, probes)
+        return [v.reshape(-1)] if dl is None else [v.reshape(-1), dl]
+
 
 class SBTMFlow(_Base):
     r"""The coupled particle/network ODE (see the module docstring), torchdiffeq's
@@ -148,6 +243,8 @@ class SBTMFlow(_Base):
         probes: number of Hutchinson probes (fixed for the run, so the RHS is a
             deterministic function of the state, as adaptive solvers need).
         track_logdensity: append ℓ = log f_t(X) ``(n,)`` to the state.
+        holdout: m held-out particles at the end of the state (see the module docstring);
+            ``holdout_generator`` draws their Hutchinson probes.
 
     Example::
 
@@ -168,8 +265,11 @@ class SBTMFlow(_Base):
         generator: torch.Generator | None = None,
         track_logdensity: bool = False,
         check_finite: bool = True,
+        holdout: int = 0,
+        holdout_generator: torch.Generator | None = None,
     ):
-        super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite)
+        super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
+                         holdout, holdout_generator)
         if not callable(eta):
             eta = float(eta)
             if not eta > 0:
@@ -185,9 +285,17 @@ class SBTMFlow(_Base):
         return self.eta(_tfloat(t)) if callable(self.eta) else self.eta
 
     # ---- state layout -------------------------------------------------------------
-    def initial_state(self, x0: Tensor, theta0: Tensor | None = None, log_density0: Tensor | None = None) -> Tensor:
-        """y0 = vec(X₀) ⊕ Θ₀ [⊕ ℓ₀], a 1-D tensor.  Θ₀ defaults to the model's parameters;
-        ``log_density0 (n,)`` (log f_0 at X₀) is required when tracking the log-density."""
+    def initial_state(
+        self,
+        x0: Tensor,
+        theta0: Tensor | None = None,
+        log_density0: Tensor | None = None,
+        holdout_x0: Tensor | None = None,
+        holdout_log_density0: Tensor | None = None,
+    ) -> Tensor:
+        """y0 = vec(X₀) ⊕ Θ₀ [⊕ ℓ₀] [⊕ vec(X̃₀) [⊕ ℓ̃₀]], a 1-D tensor.  Θ₀ defaults to the
+        model's parameters; ``log_density0 (n,)`` (log f_0 at X₀) is required when tracking the
+        log-density; ``holdout_x0 (m, d)`` (and ``holdout_log_density0 (m,)``) when m > 0."""
         theta0 = flatten_params(self.model).to(x0) if theta0 is None else theta0.to(x0)
         parts = [x0.reshape(-1), theta0.reshape(-1)]
         if self.track_logdensity:
@@ -195,14 +303,14 @@ class SBTMFlow(_Base):
                 raise ValueError("track_logdensity=True needs log_density0 (n,) = log f_0(X_0)")
             parts.append(log_density0.reshape(-1).to(x0))
         self._draw_probes(x0.shape[0], x0)
-        return torch.cat(parts)
+        return self._append_holdout(parts, holdout_x0, holdout_log_density0, x0)
 
     def n_particles(self, y: Tensor) -> int:
-        """n, inferred from the state length."""
-        return (y.shape[-1] - self.n_params) // (self.dim + int(self.track_logdensity))
+        """n (training particles), inferred from the state length."""
+        return (y.shape[-1] - self._holdout_len() - self.n_params) // (self.dim + int(self.track_logdensity))
 
     def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """``(X (n, d), Θ (P,))`` from a state (views)."""
+        """``(X (n, d), Θ (P,))`` from a state (views; X: the training particles)."""
         n = self.n_particles(y)
         nd = n * self.dim
         return y[:nd].view(n, self.dim), y[nd : nd + self.n_params]
@@ -212,7 +320,7 @@ class SBTMFlow(_Base):
         if not self.track_logdensity:
             return None
         n = self.n_particles(y)
-        return y[-n:]
+        return self._head(y)[-n:]
 
     def params(self, theta: Tensor) -> dict[str, Tensor]:
         """Θ as ``{name: tensor}`` for ``torch.func.functional_call``."""
@@ -250,11 +358,15 @@ class SBTMFlow(_Base):
         parts = [v.reshape(-1), -self.eta_at(t, x, theta) * grad]
         if dl is not None:
             parts.append(dl)
-        return torch.cat(parts)
+        held_out = self._holdout_rates(t, y, self.score_fn(theta))
+        if held_out is None:
+            return self._nonfinite(t, y, "the held-out particles", _STIFF_HINT)
+        return torch.cat(parts + held_out)
 
 
 class SBTMSteps(_Base):
-    r"""The paper's discrete algorithm as a torchdiffeq ODE function on y = vec(X) [⊕ ℓ].
+    r"""The paper's discrete algorithm as a torchdiffeq ODE function on
+    y = vec(X) [⊕ ℓ] [⊕ vec(X̃) [⊕ ℓ̃]] (held-out particles X̃ are not trained on).
 
     Before every solver step (torchdiffeq's ``callback_step``) the network takes
     ``inner_steps`` optimizer steps on L at the current particles; during the step Θ is
@@ -263,7 +375,8 @@ class SBTMSteps(_Base):
     Args:
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; lr: its learning rate.
         inner_steps: K, optimizer steps per time step.
-        Other arguments as in :class:`SBTMFlow`; Hutchinson probes are redrawn every step.
+        Other arguments as in :class:`SBTMFlow`; Hutchinson probes (the held-out ones too) are
+        redrawn every step.
     """
 
     def __init__(
@@ -279,8 +392,11 @@ class SBTMSteps(_Base):
         generator: torch.Generator | None = None,
         track_logdensity: bool = False,
         check_finite: bool = True,
+        holdout: int = 0,
+        holdout_generator: torch.Generator | None = None,
     ):
-        super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite)
+        super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
+                         holdout, holdout_generator)
         if int(inner_steps) < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
         self.inner_steps = int(inner_steps)
@@ -288,27 +404,33 @@ class SBTMSteps(_Base):
         self.train_steps = 0
         self.last_loss = float("nan")
 
-    def initial_state(self, x0: Tensor, log_density0: Tensor | None = None) -> Tensor:
-        """y0 = vec(X₀) [⊕ ℓ₀]."""
+    def initial_state(
+        self,
+        x0: Tensor,
+        log_density0: Tensor | None = None,
+        holdout_x0: Tensor | None = None,
+        holdout_log_density0: Tensor | None = None,
+    ) -> Tensor:
+        """y0 = vec(X₀) [⊕ ℓ₀] [⊕ vec(X̃₀) [⊕ ℓ̃₀]] (arguments as in :meth:`SBTMFlow.initial_state`)."""
         parts = [x0.reshape(-1)]
         if self.track_logdensity:
             if log_density0 is None:
                 raise ValueError("track_logdensity=True needs log_density0 (n,) = log f_0(X_0)")
             parts.append(log_density0.reshape(-1).to(x0))
-        return torch.cat(parts)
+        return self._append_holdout(parts, holdout_x0, holdout_log_density0, x0)
 
     def n_particles(self, y: Tensor) -> int:
-        """n, inferred from the state length."""
-        return y.shape[-1] // (self.dim + int(self.track_logdensity))
+        """n (training particles), inferred from the state length."""
+        return (y.shape[-1] - self._holdout_len()) // (self.dim + int(self.track_logdensity))
 
     def split(self, y: Tensor) -> Tensor:
-        """X ``(n, d)`` from a state (a view)."""
+        """X ``(n, d)`` (the training particles) from a state (a view)."""
         n = self.n_particles(y)
         return y[: n * self.dim].view(n, self.dim)
 
     def log_density(self, y: Tensor) -> Tensor | None:
         """ℓ = log f_t(X) ``(n,)`` from a state, or ``None`` when not tracked."""
-        return y[-self.n_particles(y) :] if self.track_logdensity else None
+        return self._head(y)[-self.n_particles(y) :] if self.track_logdensity else None
 
     def fit(self, x: Tensor, t=None) -> float:
         """K optimizer steps on L at particles ``x (n, d)``; returns the last loss."""
@@ -330,8 +452,9 @@ class SBTMSteps(_Base):
         return self.last_loss
 
     def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        """torchdiffeq hook: train before each step."""
+        """torchdiffeq hook: train before each step (on the training particles only)."""
         self.fit(self.split(y0), t0)
+        self._draw_holdout_probes(y0)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         """dy/dt with Θ frozen."""
@@ -346,7 +469,11 @@ class SBTMSteps(_Base):
             else:
                 s, div = self.model(x), None
             v, dl = particle_rates(self.path, t, x, s, div, self.check_finite, probes)
-        return v.reshape(-1) if dl is None else torch.cat([v.reshape(-1), dl])
+        held_out = self._holdout_rates(t, y, self.model)
+        if held_out is None:
+            return self._nonfinite(t, y, "the held-out particles", "lower dt or lr, or use an adaptive solver")
+        parts = [v.reshape(-1)] if dl is None else [v.reshape(-1), dl]
+        return torch.cat(parts + held_out)
 
 
 def hessian_max_eigenvalue(flow: SBTMFlow, y: Tensor, iters: int = 30, generator: torch.Generator | None = None) -> float:

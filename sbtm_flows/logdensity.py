@@ -25,21 +25,36 @@ Estimators (n particles, all in log space for stability):
 :func:`importance` gives the self-normalised estimate E_π[g] ≈ Σ w̄ⁱ g(Xⁱ), w̄ = w / Σw,
 with its ESS and a delta-method standard error.
 
-Caveat — the particles are not independent of the map.  s_Θ is trained on the very particles
-whose density is tracked, and implicit score matching, mean(|s|² + 2∇·s), rewards a too
-negative ∇·s at the training points; so ℓ drifts low there, the weights come out too large,
+Caveat — the training particles are not independent of the map.  s_Θ is trained on the very
+particles whose density is tracked, and implicit score matching, mean(|s|² + 2∇·s), rewards a
+too negative ∇·s at the training points; so ℓ drifts low there, the weights come out too large,
 ``log_z`` is biased high and ``kl_plus_logz`` low (the KL estimate can even go negative).
-Measured (``benchmarks/logdensity_hutchinson.py``): +0.02 in log Z for d = 2, n = 1000, but
-≈ +0.8 for d = 10, n = 500, where fresh particles pushed through the same flow are unbiased
-(+0.01).  Trust these numbers when n is large compared with the network's capacity to fit
-individual points (low d), and compare with held-out particles otherwise.
+
+Held-out particles fix this: ``sample(..., holdout=m, track_logdensity=True)`` carries m extra
+particles from the initial law in the ODE state, moved by the same velocity ∇log π_t − s_Θ with
+their ℓ̃ tracked, but left out of the loss.  They are then an i.i.d. sample of the law f_T of
+the learned flow map (given Θ(t), which never saw them), so the estimators above are the
+honest ones.  With ``holdout > 0`` a run's ``log_z``, ``ess``, ``kl_plus_logz``, ``kl`` are
+computed on them (``result.info["density_diagnostics"]`` says so), the training-particle
+values are kept as ``log_z_train``, ``ess_train``, ``kl_plus_logz_train``, ``kl_train``, and
+:func:`importance` weights the held-out particles by default.  The training run is not changed
+by them (bitwise with fixed-step solvers; see :mod:`sbtm_flows.dynamics`).
+Measured (``benchmarks/logdensity_hutchinson.py``, d = 10, n = 500, m = 2000, exact
+divergence): training particles +0.79 in log Z and a negative "KL", held-out +0.02 (sd 0.03,
+3 seeds); d = 5, n = 200 (tests/test_holdout.py, 10 seeds): training +0.31…+0.91, held-out
+within ±0.07.
+At d = 2, n = 1000 the training bias is small (+0.02), but even there a single over-fitted
+training particle can dominate the weights (+0.8 at n = 200 for one seed in six).  Use
+``holdout`` (a few hundred to a few thousand; the cost is one more network and ∇·s
+evaluation on m points per RHS call) whenever the density numbers matter.
 
 Hutchinson divergences (``divergence="hutchinson"``): the rate −Δlog π + ∇·s then uses one
 set of probes per particle for the whole run (flow mode; redrawn every step in steps mode),
 and an autograd Laplacian of log π uses the same probes as ∇·s
 (:func:`~sbtm_flows.dynamics.particle_rates`).  Each particle's ℓ then carries a random error
 whose variance grows with time and with ‖∇v‖_F, and log Z, an exponential average, is
-biased by it (upwards, like the training-particle bias): see the benchmark table.
+biased by it (upwards, like the training-particle bias; held-out particles have it too, with
+their own probes): see the benchmark table.
 """
 
 from __future__ import annotations
@@ -52,6 +67,7 @@ from torch import Tensor
 
 __all__ = [
     "DENSITY_DIAGNOSTICS",
+    "PARTICLE_SETS",
     "ImportanceEstimate",
     "log_weights",
     "log_z_estimate",
@@ -186,7 +202,11 @@ class ImportanceEstimate(NamedTuple):
     weights: Tensor
 
 
-def importance(result, g: Callable[[Tensor], Tensor], target=None) -> ImportanceEstimate:
+#: Which particles :func:`importance` weights.
+PARTICLE_SETS = ("auto", "holdout", "train")
+
+
+def importance(result, g: Callable[[Tensor], Tensor], target=None, particles: str = "auto") -> ImportanceEstimate:
     r"""Self-normalised importance-sampling estimate of E_π[g(X)] from a run's final particles.
 
     E_π[g] ≈ Σᵢ w̄ⁱ g(Xⁱ),  w̄ⁱ ∝ π̃(Xⁱ) / f_T(Xⁱ), with f_T the log-density tracked along the flow
@@ -198,25 +218,34 @@ def importance(result, g: Callable[[Tensor], Tensor], target=None) -> Importance
         g: ``(n, d) -> (n,)`` or ``(n, k)``, evaluated at the final particles.
         target: recompute log π̃ at the particles with this target's ``log_prob`` instead of
             using ``result.log_target`` (e.g. for results without it, or another π̃).
+        particles: ``"holdout"`` (the run's held-out particles, ``sample(..., holdout=m)``,
+            unbiased by the self-training of s_Θ), ``"train"`` (the n training particles) or
+            ``"auto"`` (held-out when the result has their log-density, else training).
 
     Raises:
-        ValueError: the result has no tracked log-density, no log π̃ is available (the
-            target has no ``log_prob``), or ``g`` returns a wrong shape.
+        ValueError: the result has no tracked log-density (for the chosen particles), no
+            log π̃ is available (the target has no ``log_prob``), ``particles`` is not one of
+            :data:`PARTICLE_SETS`, or ``g`` returns a wrong shape.
     """
-    log_density = getattr(result, "log_density", None)
+    if particles not in PARTICLE_SETS:
+        raise ValueError(f"unknown particles {particles!r}; valid: {', '.join(PARTICLE_SETS)}")
+    if particles == "auto":
+        particles = "holdout" if getattr(result, "holdout_log_density", None) is not None else "train"
+    prefix = "holdout_" if particles == "holdout" else ""
+    log_density = getattr(result, prefix + "log_density", None)
     if log_density is None:
         raise ValueError(
-            "importance() needs the log-density of the particles: run sample(..., track_logdensity=True) "
-            "with an init law that has log_prob"
+            f"importance(particles={particles!r}) needs the log-density of those particles: run "
+            f"sample(..., track_logdensity=True{', holdout=m' if prefix else ''}) with an init law that has log_prob"
         )
-    x = result.particles
+    x = getattr(result, prefix + "particles")
     if target is not None:
         if not getattr(target, "has_log_prob", callable(getattr(target, "log_prob", None))):
             raise ValueError(f"target {type(target).__name__} has no log_prob: importance weights need log π̃")
         with torch.no_grad():
             log_target = target.log_prob(x.to(_tensor_dtype(target, x.dtype)))
     else:
-        log_target = getattr(result, "log_target", None)
+        log_target = getattr(result, prefix + "log_target", None)
         if log_target is None:
             raise ValueError(
                 "the run's target has no log_prob (or the result predates log_target), so there are no "

@@ -35,6 +35,12 @@ class Result:
         log_target: ``(n,)`` log π̃(X_T) of the final target at the final particles, when the
             log-density is tracked and the target has ``log_prob`` (for importance weights).
         info: free-form facts about the run (initial fit error, stop reason, train steps…).
+        holdout_particles: ``(m, d)`` final held-out particles (``sample(..., holdout=m)``:
+            moved by the flow, never trained on), else ``None``.
+        holdout_trajectory: ``(T, m, d)`` held-out particles at the output times.
+        holdout_log_density: ``(m,)`` log f_T at the final held-out particles, when tracked.
+        holdout_log_density_trajectory: ``(T, m)`` when tracked.
+        holdout_log_target: ``(m,)`` log π̃ at the final held-out particles (as ``log_target``).
     """
 
     particles: Tensor
@@ -51,6 +57,11 @@ class Result:
     log_density_trajectory: Tensor | None = None
     log_target: Tensor | None = None
     info: dict = field(default_factory=dict)
+    holdout_particles: Tensor | None = None
+    holdout_trajectory: Tensor | None = None
+    holdout_log_density: Tensor | None = None
+    holdout_log_density_trajectory: Tensor | None = None
+    holdout_log_target: Tensor | None = None
 
     @property
     def n(self) -> int:

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
 from .diagnostics import cumulative_trapezoid, score_diagnostics
-from .dynamics import SBTMFlow, SBTMSteps, hessian_max_eigenvalue
+from .dynamics import SBTMFlow, SBTMSteps, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
@@ -174,24 +174,41 @@ class Recorder:
     thetas: list = field(default_factory=list)
     logds: list = field(default_factory=list)
     diags: dict = field(default_factory=dict)
+    holdout_xs: list = field(default_factory=list)
+    holdout_logds: list = field(default_factory=list)
 
-    def add(self, t: float, x: Tensor, theta: Tensor | None = None, logd: Tensor | None = None, diag: dict | None = None):
-        """Record one output time."""
+    def add(
+        self,
+        t: float,
+        x: Tensor,
+        theta: Tensor | None = None,
+        logd: Tensor | None = None,
+        diag: dict | None = None,
+        holdout: tuple[Tensor | None, Tensor | None] = (None, None),
+    ):
+        """Record one output time (``holdout``: held-out particles ``(m, d)`` and their
+        log-density ``(m,)``, either may be ``None``)."""
         self.times.append(float(t))
         self.xs.append(x.detach().clone())
         if theta is not None:
             self.thetas.append(theta.detach().clone())
         if logd is not None:
             self.logds.append(logd.detach().clone())
+        if holdout[0] is not None:
+            self.holdout_xs.append(holdout[0].detach().clone())
+        if holdout[1] is not None:
+            self.holdout_logds.append(holdout[1].detach().clone())
         for k, v in (diag or {}).items():
             self.diags.setdefault(k, []).append(float(v))
 
     def state_dict(self) -> dict:
         """Plain contents (for checkpoints)."""
-        return {"times": self.times, "xs": self.xs, "thetas": self.thetas, "logds": self.logds, "diags": self.diags}
+        return {"times": self.times, "xs": self.xs, "thetas": self.thetas, "logds": self.logds, "diags": self.diags,
+                "holdout_xs": self.holdout_xs, "holdout_logds": self.holdout_logds}
 
     def pack(self) -> dict:
-        """Stacked tensors: ``times (T,)``, ``trajectory (T, n, d)``, ``thetas``, diagnostics."""
+        """Stacked tensors: ``times (T,)``, ``trajectory (T, n, d)``, ``thetas``,
+        ``holdout_trajectory (T, m, d)``, their log-densities, diagnostics."""
         times = torch.tensor(self.times, dtype=torch.float64)
         diags = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.diags.items()}
         if "dissipation" in diags:
@@ -203,6 +220,8 @@ class Recorder:
             "trajectory": torch.stack(self.xs),
             "thetas": torch.stack(self.thetas) if self.thetas else None,
             "log_density_trajectory": torch.stack(self.logds) if self.logds else None,
+            "holdout_trajectory": torch.stack(self.holdout_xs) if self.holdout_xs else None,
+            "holdout_log_density_trajectory": torch.stack(self.holdout_logds) if self.holdout_logds else None,
             "diagnostics": diags,
         }
 
@@ -378,6 +397,7 @@ def run_sbtm(
     times=None,
     stop_fisher: float | None = None,
     track_logdensity: bool = False,
+    holdout: int = 0,
     max_nfe: int | None = None,
     stiffness_check: bool = True,
     record_ntk_every: int | None = None,
@@ -417,6 +437,17 @@ def run_sbtm(
             law with an exact ``log_prob``); adds ``result.log_density``, ``result.log_target``
             and the diagnostics ``kl_plus_logz``, ``log_z``, ``ess`` (``kl`` when the target
             knows ``log_Z``) of :mod:`sbtm_flows.logdensity` when the (final) target has ``log_prob``.
+        holdout: m ≥ 0 held-out ("passive") particles, drawn from ``init`` (which must then be a
+            law) with a generator derived from ``seed`` (the training particles, Θ₀ and probes of
+            a seed do not change), moved by the same velocity ∇log π_t − s_Θ but never trained
+            on.  Adds ``result.holdout_particles (m, d)``, ``holdout_trajectory (T, m, d)`` and,
+            with ``track_logdensity``, ``holdout_log_density (m,)``, ``holdout_log_target``;
+            the density diagnostics are then computed on them (unbiased by the self-training of
+            s_Θ, see :mod:`sbtm_flows.logdensity`), the training-particle ones are kept as
+            ``log_z_train``, ``ess_train``, ``kl_plus_logz_train``, ``kl_train``.  With a
+            fixed-step solver the training particles and Θ are bitwise those of ``holdout=0``;
+            adaptive solvers include the held-out block in their error norm, so their steps (and
+            the training trajectory, within the tolerance) change.
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
         stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
             a run that the solver cannot keep stable.
@@ -449,22 +480,26 @@ def run_sbtm(
     if record_ntk_every is not None and training != "flow":
         raise ValueError(f"record_ntk_every needs training='flow', got training={training!r}")
     eta = _resolve_eta(eta)
+    holdout = check_holdout(holdout)
     fixed = solver in FIXED_GRID_SOLVERS
     path, gen, x0, init_target, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
     dim = path.dim
     n = x0.shape[0]
     log_f0 = initial_log_density(init_target, x0) if track_logdensity else None
     log_target = target_log_prob(path) if track_logdensity else None
+    hgen = holdout_generator(gen)
+    xh0, log_fh0 = holdout_particles(init_target, holdout, hgen, x0, track_logdensity)
 
     # ---- the score network and its initial fit ------------------------------------------
     if score_model is None:
         score_model = ScoreMLP(dim, hidden, activation, generator=gen, dtype=dtype)
     score_model = score_model.to(device=device, dtype=dtype)
     if training == "flow":
-        dyn = SBTMFlow(path, score_model, eta=eta, divergence=divergence, probes=probes, generator=gen, track_logdensity=track_logdensity)
+        dyn = SBTMFlow(path, score_model, eta=eta, divergence=divergence, probes=probes, generator=gen, track_logdensity=track_logdensity,
+                       holdout=holdout, holdout_generator=hgen)
     else:
         dyn = SBTMSteps(path, score_model, inner_steps=inner_steps, optimizer=optimizer, lr=lr, divergence=divergence,
-                        probes=probes, generator=gen, track_logdensity=track_logdensity)
+                        probes=probes, generator=gen, track_logdensity=track_logdensity, holdout=holdout, holdout_generator=hgen)
     dyn.max_nfe = max_nfe
     dyn.reject_nonfinite = not fixed
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), fixed, times)
@@ -483,7 +518,7 @@ def run_sbtm(
             info["init_fit"] = fit_score(score_model, x0, init_score, steps=int(init_steps), tol=init_tol,
                                          divergence=dyn.divergence, probes=fit_probes)
         info["init_fit_seconds"] = time.perf_counter() - t_fit
-        y = dyn.initial_state(x0, log_density0=log_f0)
+        y = dyn.initial_state(x0, log_density0=log_f0, holdout_x0=xh0, holdout_log_density0=log_fh0)
         rec = Recorder()
         start, nfe0, wall0 = 0, 0, 0.0
     else:
@@ -512,11 +547,17 @@ def run_sbtm(
         x, theta, fn = state_parts(y)
         diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x))
         logd = dyn.log_density(y)
+        xh, logdh = dyn.split_holdout(y) if holdout else (None, None)
         if logd is not None and log_target is not None:
-            diag.update(density_diagnostics(log_target(x), logd, getattr(path.target, "log_Z", None)))
+            log_Z = getattr(path.target, "log_Z", None)
+            dens = density_diagnostics(log_target(x), logd, log_Z)
+            if holdout:
+                diag.update({f"{k}_train": v for k, v in dens.items()})
+                dens = density_diagnostics(log_target(xh), logdh, log_Z)
+            diag.update(dens)
         if record_ntk_every is not None:
             diag.update(_ntk_record(dyn, x, t, theta, k % int(record_ntk_every) == 0, ntk_reference))
-        rec.add(t, x, theta, logd, diag)
+        rec.add(t, x, theta, logd, diag, holdout=(xh, logdh))
         return stop_fisher is not None and diag["fisher"] < stop_fisher
 
     def advance(y, i0, i1):
@@ -546,8 +587,13 @@ def run_sbtm(
         info["train_steps"] = dyn.train_steps
     if track_logdensity and log_target is None:
         info["density_diagnostics"] = "unavailable: the target has no log_prob (kl_plus_logz, log_z, ess need log π̃)"
+    elif track_logdensity and holdout:
+        info["density_diagnostics"] = (f"on the {holdout} held-out particles (never trained on); the training particles' "
+                                       "values are the *_train diagnostics (biased, see sbtm_flows.logdensity)")
     packed = rec.pack()
-    final_logd = packed["log_density_trajectory"][-1] if packed["log_density_trajectory"] is not None else None
+    last = {k: (v[-1] if v is not None else None) for k, v in packed.items() if k.endswith("trajectory")}
+    final_logd = last["log_density_trajectory"]
+    final_logdh = last["holdout_log_density_trajectory"]
     return Result(
         particles=packed["trajectory"][-1],
         times=packed["times"],
@@ -563,6 +609,11 @@ def run_sbtm(
         log_density_trajectory=packed["log_density_trajectory"],
         log_target=log_target(packed["trajectory"][-1]) if final_logd is not None and log_target is not None else None,
         info=info,
+        holdout_particles=last["holdout_trajectory"],
+        holdout_trajectory=packed["holdout_trajectory"],
+        holdout_log_density=final_logdh,
+        holdout_log_density_trajectory=packed["holdout_log_density_trajectory"],
+        holdout_log_target=log_target(last["holdout_trajectory"]) if final_logdh is not None and log_target is not None else None,
     )
 
 
@@ -592,6 +643,36 @@ def _ntk_record(dyn: SBTMFlow, x: Tensor, t: float, theta: Tensor, now: bool, re
         return dict.fromkeys(NTK_DIAGNOSTICS, float("nan"))
     ref = reference if reference is not None else getattr(dyn.eta, "reference_score", None)
     return eta_condition(dyn, x, t, theta, reference_score=ref).as_diagnostics()
+
+
+def holdout_generator(gen: torch.Generator) -> torch.Generator:
+    """The generator of the held-out particles and their probes: a CPU generator seeded with a
+    fixed (splitmix64) function of ``gen``'s seed, so that held-out draws are reproducible
+    from the run's seed without consuming the training stream (X₀, Θ₀, probes)."""
+    z = (gen.initial_seed() + 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return torch.Generator().manual_seed(z ^ (z >> 31))
+
+
+def holdout_particles(init_target, m: int, gen: torch.Generator, x0: Tensor, track_logdensity: bool):
+    """``(X̃₀ (m, d), log f_0(X̃₀) (m,) or None)``: m held-out particles from the initial law
+    ``init_target``, on the dtype/device of the training particles ``x0 (n, d)``;
+    ``(None, None)`` when m = 0.
+
+    Raises:
+        ValueError: m > 0 and the initial particles were given as a tensor (no law to draw from)."""
+    if m == 0:
+        return None, None
+    if init_target is None:
+        raise ValueError(
+            f"holdout={m} draws fresh particles from the initial law, but init was given as a tensor of particles; "
+            "pass init as a law with sample (e.g. sf.Gaussian(mean, cov)) and n"
+        )
+    x = check_particles(init_target.sample(m, generator=gen), x0.shape[1], "init.sample(holdout)").to(x0)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"init.sample(holdout={m}) returned NaN/inf")
+    return x, (initial_log_density(init_target, x) if track_logdensity else None)
 
 
 def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float, t_final: float, gen) -> None:
@@ -646,6 +727,8 @@ class _Checkpoint:
             "info": json.dumps(info),
             "probes": None if dyn.probes is None else dyn.probes.cpu(),
             "generator": dyn.generator.get_state() if dyn.generator is not None else None,
+            "holdout_probes": None if dyn.holdout_probes is None else dyn.holdout_probes.cpu(),
+            "holdout_generator": dyn.holdout_generator.get_state() if dyn.holdout_generator is not None else None,
         }
         if training == "steps":
             blob["model"] = {k_: v.detach().cpu() for k_, v in dyn.model.state_dict().items()}
@@ -670,12 +753,14 @@ class _Checkpoint:
 def _restore(blob, dyn, training, device, dtype):
     y = blob["y"].to(device=device, dtype=dtype)
     r = blob["record"]
-    rec = Recorder(times=r["times"], xs=[v.to(device) for v in r["xs"]], thetas=[v.to(device) for v in r["thetas"]],
-                   logds=[v.to(device) for v in r["logds"]], diags=r["diags"])
-    if blob["probes"] is not None:
-        dyn.probes = blob["probes"].to(device=device, dtype=dtype)
-    if blob["generator"] is not None and dyn.generator is not None:
-        dyn.generator.set_state(blob["generator"])
+    rec = Recorder(times=r["times"], diags=r["diags"],
+                   **{k: [v.to(device) for v in r.get(k, [])] for k in ("xs", "thetas", "logds", "holdout_xs", "holdout_logds")})
+    for name in ("probes", "holdout_probes"):
+        if blob.get(name) is not None:
+            setattr(dyn, name, blob[name].to(device=device, dtype=dtype))
+    for name in ("generator", "holdout_generator"):
+        if blob.get(name) is not None and getattr(dyn, name) is not None:
+            getattr(dyn, name).set_state(blob[name])
     if training == "steps":
         dyn.model.load_state_dict(blob["model"])
         dyn.optimizer.load_state_dict(blob["optimizer"])
