@@ -44,7 +44,7 @@ from .losses import divergence, implicit_score_matching, make_probes, resolve_di
 from .paths import Path, as_path
 from .score import flatten_params, make_optimizer, optimize, unflatten_params
 
-__all__ = ["SBTMFlow", "SBTMSteps", "particle_rates", "hessian_max_eigenvalue", "check_holdout"]
+__all__ = ["SBTMFlow", "SBTMSteps", "StiffnessMonitor", "particle_rates", "hessian_max_eigenvalue", "check_holdout"]
 
 
 def _tfloat(t) -> float:
@@ -476,18 +476,26 @@ class SBTMSteps(_Base):
         return torch.cat(parts + held_out)
 
 
-def hessian_max_eigenvalue(flow: SBTMFlow, y: Tensor, iters: int = 30, generator: torch.Generator | None = None) -> float:
+def hessian_max_eigenvalue(
+    flow: SBTMFlow,
+    y: Tensor,
+    iters: int = 30,
+    generator: torch.Generator | None = None,
+    v0: Tensor | None = None,
+    return_vector: bool = False,
+):
     r"""Largest |eigenvalue| of ∇²_Θ L at state y, by power iteration on Hessian-vector
-    products (double backward).
+    products (double backward), started from ``v0`` (warm start) or a random vector.
 
     The Θ-block of the coupled system's Jacobian is −η∇²_Θ L, so a fixed-step solver with
     real stability interval [−c, 0] needs η·λ_max·dt ≤ c (c = 2 for Euler and Heun).
+    Returns λ_max, or ``(λ_max, v)`` with the last iterate when ``return_vector``.
     """
     x, theta = flow.split(y)
     x = x.detach()
     th = theta.detach().clone().requires_grad_(True)
     grad = flow.loss_and_grad(x, th, create_graph=True)[1]
-    v = torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(theta)
+    v = torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(theta) if v0 is None else v0.to(theta)
     v = v / v.norm()
     lam = 0.0
     for _ in range(iters):
@@ -496,4 +504,53 @@ def hessian_max_eigenvalue(flow: SBTMFlow, y: Tensor, iters: int = 30, generator
         if not lam > 0 or not torch.isfinite(hv).all():
             break
         v = hv / lam
-    return lam
+    return (lam, v.detach()) if return_vector else lam
+
+
+class StiffnessMonitor:
+    r"""Watches z = η(t)·λ_max(∇²_Θ L)·h along a fixed-step flow run.
+
+    λ_max is tracked by power iteration warm-started from the previous check (``iters``
+    Hessian-vector products every ``every`` steps), so it follows the curvature as the
+    network changes — on annealing paths it can grow by orders of magnitude after t0, which
+    a check at the start cannot see.  When z exceeds the solver's real stability limit c the
+    fixed steps diverge (or oscillate and corrupt the score): :meth:`check` raises
+    :class:`SamplingError` naming t, z and what to do.
+    """
+
+    def __init__(self, flow: SBTMFlow, solver: str, limit: float, every: int = 50, iters: int = 2,
+                 generator: torch.Generator | None = None):
+        self.flow, self.solver, self.limit = flow, solver, float(limit)
+        self.every, self.iters, self.generator = int(every), int(iters), generator
+        self.v: Tensor | None = None
+        self.lam = float("nan")
+        self.last_step = -(10**18)
+
+    def estimate(self, y: Tensor, iters: int | None = None) -> float:
+        """Update and return the λ_max estimate at state y."""
+        self.lam, self.v = hessian_max_eigenvalue(self.flow, y, self.iters if iters is None else iters,
+                                                  self.generator, self.v, return_vector=True)
+        return self.lam
+
+    def z(self, y: Tensor, t: float, h: float) -> float:
+        """η(t)·λ_max·h with the current estimate."""
+        x, theta = self.flow.split(y)
+        return self.flow.eta_at(t, x, theta) * self.lam * h
+
+    def check(self, y: Tensor, t: float, h: float, step: int) -> None:
+        """Re-estimate λ_max every ``every`` steps; raise if z = η(t)·λ_max·h > limit (z is
+        re-evaluated at every call, so a growing η(t) is caught between estimates)."""
+        if step - self.last_step >= self.every:
+            self.last_step = step
+            self.estimate(y)
+        z = self.z(y, t, h)
+        if z > self.limit:
+            x, theta = self.flow.split(y)
+            eta = self.flow.eta_at(t, x, theta)
+            raise SamplingError(
+                f"the coupled X/Θ system became stiff at t={t:.6g}: eta·λ_max(∇²_Θ L)·dt = {eta:.4g}·{self.lam:.4g}·{h:.4g} = "
+                f"{z:.3g} > {self.limit:g}, the stability limit of {self.solver!r}, so its fixed steps diverge from here. "
+                f"Use eta <= {self.limit / (self.lam * h):.3g} (or a decreasing eta(t)), training='steps' (optimizer steps "
+                "are stable at any curvature), or an adaptive solver; stiffness_check=False runs anyway",
+                t=t,
+            )

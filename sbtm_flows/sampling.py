@@ -25,7 +25,7 @@ from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
 from .diagnostics import cumulative_trapezoid, score_diagnostics
-from .dynamics import SBTMFlow, SBTMSteps, check_holdout, hessian_max_eigenvalue
+from .dynamics import SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
@@ -531,9 +531,13 @@ def run_sbtm(
         dyn.eta.ceiling = stability_ceiling(dyn, y, float((grid[1:] - grid[:-1]).max()) if fixed else dt,
                                             _STABILITY.get(solver, 2.0), generator=gen)
         info["ntk_eta_ceiling"] = dyn.eta.ceiling
-    if training == "flow" and stiffness_check and resumed is None:
+    monitor = None
+    if training == "flow" and stiffness_check:
         h = float((grid[1:] - grid[:-1]).max()) if fixed else dt
-        _stiffness_check(dyn, y, solver, h, t0, t_final, gen)
+        if solver in _STABILITY:
+            monitor = StiffnessMonitor(dyn, solver, _STABILITY[solver], generator=gen)
+        if resumed is None:
+            _stiffness_check(dyn, y, solver, h, t0, t_final, gen, monitor)
 
     def state_parts(y):
         if training == "flow":
@@ -558,6 +562,9 @@ def run_sbtm(
         if record_ntk_every is not None:
             diag.update(_ntk_record(dyn, x, t, theta, k % int(record_ntk_every) == 0, ntk_reference))
         rec.add(t, x, theta, logd, diag, holdout=(xh, logdh))
+        if monitor is not None and k < len(out_idx) - 1:
+            i = int(out_idx[k])
+            monitor.check(y, t, float(grid[min(i + 1, len(grid) - 1)] - grid[i]), i)
         return stop_fisher is not None and diag["fisher"] < stop_fisher
 
     def advance(y, i0, i1):
@@ -675,11 +682,16 @@ def holdout_particles(init_target, m: int, gen: torch.Generator, x0: Tensor, tra
     return x, (initial_log_density(init_target, x) if track_logdensity else None)
 
 
-def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float, t_final: float, gen) -> None:
+def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float, t_final: float, gen,
+                     monitor: StiffnessMonitor | None = None) -> None:
     """Estimate z = η·λ_max(∇²_Θ L)·h at the start.  Fixed-step solvers with z beyond their
     real stability limit are refused (they would diverge); adaptive solvers get a warning
-    with the step size and the RHS evaluations they will need."""
-    lam = hessian_max_eigenvalue(flow, y, generator=gen)
+    with the step size and the RHS evaluations they will need.  The converged power-iteration
+    vector seeds ``monitor``, which keeps watching during the run."""
+    if monitor is not None:
+        lam = monitor.estimate(y, iters=30)
+    else:
+        lam = hessian_max_eigenvalue(flow, y, generator=gen)
     eta = flow.eta_at(t0)
     if solver in _STABILITY:
         c = _STABILITY[solver]

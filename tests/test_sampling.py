@@ -219,3 +219,9 @@ def test_nan_target_score_is_reported():
         sf.sample(bad, init=sf.Gaussian(torch.zeros(1), torch.eye(1)), n=100, t_final=0.1)
     with pytest.raises(sf.SamplingError, match=r"NaN/inf at \d+ of 100 particles at t=0\.0[56]"):
         sf.sample(_NaNLater(), init=sf.Gaussian(torch.zeros(1), torch.eye(1)), n=100, t_final=0.2)
+
+
+def test_stiffness_that_develops_during_the_run_is_detected():
+    # η grows from 5 to 25: the start is fine (z ≈ 1.2), heun2 then crosses its stability limit z = 2
+    with pytest.raises(sf.SamplingError, match=r"became stiff at t=0\.\d+"):
+        sf.sample(TARGET_51, init=INIT_51, n=300, t_final=1.0, dt=0.01, seed=0, eta=lambda t: 5.0 + 20.0 * t)
