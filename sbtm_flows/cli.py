@@ -50,6 +50,12 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _eta(s: str):
+    if s in ("auto", "ntk"):
+        return s
+    return _positive_float(s)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=_positive_int, help="number of particles")
     p.add_argument("--t-final", type=_positive_float, help="final time")
@@ -57,7 +63,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", help="torchdiffeq method for SBTM (heun2, dopri5, ...)")
     p.add_argument("--sde-solver", help="torchsde method for Langevin (euler, ...)")
     p.add_argument("--training", choices=["flow", "steps"], help="SBTM training: coupled flow or K optimizer steps per step")
-    p.add_argument("--eta", type=_positive_float, help="eta of the coupled flow")
+    p.add_argument("--eta", type=_eta, help="eta of the coupled flow: a positive number, 'auto' (default) or 'ntk'")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

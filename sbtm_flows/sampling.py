@@ -25,7 +25,7 @@ from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
 from .diagnostics import cumulative_trapezoid, score_diagnostics
-from .dynamics import SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
+from .dynamics import AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
@@ -382,7 +382,7 @@ def run_sbtm(
     atol: float = 1e-6,
     solver_options: dict | None = None,
     training: str = "flow",
-    eta: float | Callable[[float], float] = 5.0,
+    eta: float | str | Callable[[float], float] = "auto",
     score_model: torch.nn.Module | None = None,
     hidden: tuple[int, ...] = (64, 64),
     activation: str = "silu",
@@ -424,7 +424,9 @@ def run_sbtm(
             ``solver_options`` passed through to torchdiffeq.
         training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state) or ``"steps"`` (the paper's
             K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step).
-        eta: η of the flow, a number, a callable of t, ``"ntk"`` or an
+        eta: η of the flow: ``"auto"`` (default, :class:`~sbtm_flows.dynamics.AutoEta`: the
+            largest η the solver keeps stable at step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt),
+            re-estimated along the run), a number, a callable of t, ``"ntk"`` or an
             :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
             state; ``"ntk"`` = ``NTKEta()``; a ``ceiling=None`` is set to the stiffness limit
             ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit).
@@ -532,11 +534,15 @@ def run_sbtm(
                                             _STABILITY.get(solver, 2.0), generator=gen)
         info["ntk_eta_ceiling"] = dyn.eta.ceiling
     monitor = None
-    if training == "flow" and stiffness_check:
+    if training == "flow":
         h = float((grid[1:] - grid[:-1]).max()) if fixed else dt
-        if solver in _STABILITY:
+        if isinstance(eta, AutoEta):
+            monitor = StiffnessMonitor(dyn, solver, _STABILITY.get(solver, 2.0), every=20, iters=3, generator=gen, auto=eta)
+        elif stiffness_check and solver in _STABILITY:
             monitor = StiffnessMonitor(dyn, solver, _STABILITY[solver], generator=gen)
-        if resumed is None:
+        if resumed is not None and monitor is not None:
+            monitor.load_state_dict(resumed["monitor"])
+        elif resumed is None and (stiffness_check or monitor is not None):
             _stiffness_check(dyn, y, solver, h, t0, t_final, gen, monitor)
 
     def state_parts(y):
@@ -564,7 +570,10 @@ def run_sbtm(
         rec.add(t, x, theta, logd, diag, holdout=(xh, logdh))
         if monitor is not None and k < len(out_idx) - 1:
             i = int(out_idx[k])
-            monitor.check(y, t, float(grid[min(i + 1, len(grid) - 1)] - grid[i]), i)
+            if fixed:
+                monitor.check(y, t, float(grid[i + 1] - grid[i]), i)
+            else:
+                monitor.check(y, t, dt, i * int(save_every))
         return stop_fisher is not None and diag["fisher"] < stop_fisher
 
     def advance(y, i0, i1):
@@ -573,7 +582,7 @@ def run_sbtm(
         return odeint_chunk(dyn, y, ts, solver, rtol, atol, options)
 
     def save_ckpt(y, k):
-        ckpt.save(y, k, rec, dyn, training, time.perf_counter() - t_start + wall0, info)
+        ckpt.save(y, k, rec, dyn, training, time.perf_counter() - t_start + wall0, info, monitor)
 
     t_start = time.perf_counter()
     if resumed is None:
@@ -628,16 +637,19 @@ METHODS["sbtm"] = run_sbtm
 
 
 def _resolve_eta(eta):
-    """``"ntk"`` -> a fresh ``NTKEta()``; an ``NTKEta`` is copied (``sample`` may set its ceiling)."""
+    """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``; an ``AutoEta``
+    or ``NTKEta`` is copied (``sample`` sets its value / ceiling)."""
+    import copy
+
     from .ntk import NTKEta
 
     if isinstance(eta, str):
-        if eta != "ntk":
-            raise ValueError(f"eta must be a number, a callable of t, 'ntk' or an NTKEta, got {eta!r}")
-        return NTKEta()
-    if isinstance(eta, NTKEta):
-        import copy
-
+        if eta == "auto":
+            return AutoEta()
+        if eta == "ntk":
+            return NTKEta()
+        raise ValueError(f"eta must be a number, a callable of t, 'auto', 'ntk' or an NTKEta, got {eta!r}")
+    if isinstance(eta, (NTKEta, AutoEta)):
         return copy.copy(eta)
     return eta
 
@@ -690,6 +702,9 @@ def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float
     vector seeds ``monitor``, which keeps watching during the run."""
     if monitor is not None:
         lam = monitor.estimate(y, iters=30)
+        if monitor.auto is not None:
+            monitor.auto.update(lam, monitor.limit, h)
+            monitor.last_step = 0
     else:
         lam = hessian_max_eigenvalue(flow, y, generator=gen)
     eta = flow.eta_at(t0)
@@ -728,8 +743,9 @@ class _Checkpoint:
         self.path = os.fspath(path)
         self.config = {k: v for k, v in config.items() if k not in _VOLATILE}
 
-    def save(self, y, k, rec: Recorder, dyn, training, wall, info) -> None:
+    def save(self, y, k, rec: Recorder, dyn, training, wall, info, monitor=None) -> None:
         blob = {
+            "monitor": None if monitor is None else monitor.state_dict(),
             "config": json.dumps(self.config, sort_keys=True),
             "k": k,
             "y": y.detach().cpu(),
