@@ -1,0 +1,129 @@
+"""Annealed SBTM vs annealed ULA on one path object; eq. (4.1) diagnostics; paper §5.1–5.4.
+
+The paper runs are slow (``pytest -m slow``); each has a quick variant (smaller n, looser
+bound) in the default suite.  Numbers are produced by ``tests/paper_cases.py`` (also run by
+``benchmarks/paper_annealed.py``)."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sbtm_flows as sf
+from sbtm_flows.diagnostics import score_diagnostics
+
+sys.path.insert(0, str(Path(__file__).parent))
+import paper_cases as P  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------
+# eq. (4.1): both sides on a path
+# ----------------------------------------------------------------------------------------
+def test_eq41_both_sides_on_a_geometric_path_with_the_exact_score():
+    # f = N(0, σ²), π = N(m, 1), f_0 = N(0, 1), λ = ½: with s = ∇log f both diagnostics equal
+    # E⟨∇log f/π, ∇log f/π_t⟩ = (1 − 1/σ²)²σ² + λm²  (1-D, E x = 0)
+    sigma2, m, lam = 0.5, 2.0, 0.5
+    path = sf.Geometric(sf.Gaussian(torch.zeros(1, dtype=torch.float64), 1.0),
+                        sf.Gaussian(torch.tensor([m], dtype=torch.float64), 1.0), t_final=1.0)
+    x = math.sqrt(sigma2) * torch.randn(200_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d = score_diagnostics(path, lambda z: -z / sigma2, x, lam)
+    exact = (1 - 1 / sigma2) ** 2 * sigma2 + lam * m**2
+    assert d["dissipation"] == pytest.approx(exact, rel=0.02)
+    assert d["dissipation_learned"] == pytest.approx(exact, rel=0.02)
+    # a wrong score breaks the equality (the point of the diagnostic)
+    # s + c: the Stein side moves by −cm = −4, the learned side by c(Ea + Eb) + c² = −2
+    bad = score_diagnostics(path, lambda z: -z / sigma2 + 2.0, x, lam)
+    assert bad["dissipation"] == pytest.approx(exact - 4.0, rel=0.05)
+    assert bad["dissipation_learned"] == pytest.approx(exact - 2.0, rel=0.05)
+
+
+def test_annealed_sbtm_records_both_sides_of_eq41_and_the_kl_drop():
+    # Gaussian → Gaussian geometric path: f_t stays Gaussian, so the KL drop is known from the
+    # final mean/variance; ∫ dissipation dt must match it and the learned side must match too.
+    init = sf.Gaussian(torch.zeros(1), 1.0)
+    target = sf.Gaussian(torch.tensor([1.0]), 0.5)
+    path = sf.Geometric(init, target, t_final=2.0)
+    res = sf.sample(path, method="sbtm", init=init, n=500, t_final=3.0, dt=0.01, seed=0)
+    d = res.diagnostics
+
+    def kl(mean, var):  # KL(N(mean, var) ‖ N(1, 0.5))
+        return 0.5 * (var / 0.5 + (mean - 1.0) ** 2 / 0.5 - 1 - math.log(var / 0.5))
+
+    x = res.particles[:, 0].double()
+    drop = kl(0.0, 1.0) - kl(float(x.mean()), float(x.var()))
+    assert float(d["kl_decrease"][-1]) == pytest.approx(drop, rel=0.1)
+    assert float(d["kl_decrease_learned"][-1]) == pytest.approx(float(d["kl_decrease"][-1]), rel=0.05)
+    assert float((d["dissipation"] - d["dissipation_learned"]).abs().max()) < 0.05 * float(d["dissipation"].abs().max())
+
+
+# ----------------------------------------------------------------------------------------
+# §5.1: ODE law = SDE law
+# ----------------------------------------------------------------------------------------
+def test_51_sbtm_and_ula_laws_agree_within_twice_the_noise_floor():
+    # acceptance: n = 2000 each, energy distance at t = 1, 2 below 2× the floor of two exact f_t samples
+    out = P.fokker_planck_51(n=2000)
+    for t, r in zip(out["times"], out["ratio"]):
+        assert r < 2.0, (t, out)
+
+
+# ----------------------------------------------------------------------------------------
+# §5.2: ¼N(−2,1) + ¾N(2,1), plain SBTM and ULA, t_final = 30
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["sbtm", "ula"])
+def test_52_quick(method):
+    out = P.mixture_52(method, n=400, dt=0.05, eta=3.0)  # eta 5 at dt 0.05 is refused by the stiffness check
+    assert abs(out["frac_pos"] - P.exact_frac_52()) < 0.06, out["frac_pos"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sbtm", "ula"])
+def test_52_paper(method):
+    out = P.mixture_52(method, n=5000, dt=0.01)
+    print(f"5.2 {method}: frac(x>0) = {out['frac_pos']:.4f} (exact {P.exact_frac_52():.4f}), wall {out['wall']:.1f}s")
+    assert abs(out["frac_pos"] - P.exact_frac_52()) < 0.025
+
+
+# ----------------------------------------------------------------------------------------
+# §5.3: ¼N(−4,1) + ¾N(4,1), geometric path, t_final = 10
+# ----------------------------------------------------------------------------------------
+def test_53_quick():
+    s = P.geometric_53("sbtm", n=600, dt=0.02)
+    u = P.geometric_53("ula", n=600, dt=0.02)
+    assert abs(s["frac_pos"] - u["frac_pos"]) < 0.08, (s["frac_pos"], u["frac_pos"])
+    assert u["frac_pos"] < 0.7  # sub-par, as the paper reports
+
+
+@pytest.mark.slow
+def test_53_paper():
+    s = P.geometric_53("sbtm", n=5000)
+    u = P.geometric_53("ula", n=5000)
+    print(f"5.3: frac(x>0) SBTM {s['frac_pos']:.4f} ({s['wall']:.1f}s), annealed ULA {u['frac_pos']:.4f} ({u['wall']:.1f}s)")
+    assert abs(s["frac_pos"] - u["frac_pos"]) < 0.03
+
+
+# ----------------------------------------------------------------------------------------
+# §5.4: 16 modes on {−6, −2, 2, 6}², dilation path (default schedule: linear, λ₀ = 0.1)
+# ----------------------------------------------------------------------------------------
+def test_54_quick():
+    # n = 400, a shorter path (λ₀ = 0.2, t_final = 10), K = 5 inner steps; looser bounds
+    kw = dict(n=400, t_final=10.0, dt=0.05, lam0=0.2)
+    s = P.grid_54("sbtm", **kw, **P.SBTM_54, inner_steps=5)
+    u = P.grid_54("ula", **kw)
+    g = P.grid_54("ula", path_kind="geometric", n=400, t_final=10.0, dt=0.05)
+    assert u["min_weight"] >= 0.01 and s["min_weight"] >= 0.005, (s["weights"], u["weights"])
+    assert sf.tv_distance(s["weights"], u["weights"]) < 0.35
+    # the geometric path weights the 16 modes far worse than the dilation path
+    assert g["tv_uniform"] > max(u["tv_uniform"], s["tv_uniform"]) + 0.2
+
+
+@pytest.mark.slow
+def test_54_paper():
+    s = P.grid_54("sbtm", n=4000, **P.SBTM_54)
+    u = P.grid_54("ula", n=4000)
+    tv = sf.tv_distance(s["weights"], u["weights"])
+    print(f"5.4 dilation (linear, lam0=0.1, t_final=20): SBTM min {s['min_weight']:.4f} TV-unif {s['tv_uniform']:.4f} "
+          f"({s['wall']:.0f}s); ULA min {u['min_weight']:.4f} TV-unif {u['tv_uniform']:.4f} ({u['wall']:.0f}s); TV {tv:.4f}")
+    assert s["min_weight"] >= 0.01 and u["min_weight"] >= 0.01
+    assert tv <= 0.06
