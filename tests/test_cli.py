@@ -49,7 +49,8 @@ BOUNDS = {
     and abs(m["sbtm_fisher_rel_err"]) < 0.3 and abs(m["sbtm_kl_decrease_rel_err"]) < 0.2,
     "mixture-1d": lambda m: abs(m["sbtm_frac_pos"] - m["ula_frac_pos"]) < 0.15 and 0.5 < m["sbtm_frac_pos"] < 0.9,
     "geometric-1d": lambda m: m["frac_pos_gap"] < 0.15,
-    "dilation-2d": lambda m: len(m["sbtm_mode_weights"]) == 16 and abs(sum(m["sbtm_mode_weights"]) - 1) < 1e-6 and m["tv_sbtm_vs_ula"] < 0.5,
+    "dilation-2d": lambda m: len(m["sbtm_mode_weights"]) == 16 and abs(sum(m["sbtm_mode_weights"]) - 1) < 1e-6
+    and m["sbtm_min_mode_weight"] >= 0.005 and m["ula_min_mode_weight"] >= 0.01 and m["tv_sbtm_vs_ula"] < 0.35,
 }
 KEYS = ["sbtm_wall_time_s", "sbtm_nfe", "ula_wall_time_s", "eq41_relative_gap", "sbtm_final_fisher", "total_wall_time_s"]
 
