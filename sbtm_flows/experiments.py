@@ -145,7 +145,7 @@ def gaussian_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
         m[f"{name}_l2_error_final"] = l2_error_1d(res.particles.double(), dens(float(res.times[-1])), grid)
 
     plotting.save(plotting.plot_trajectories(sbtm, ula), out / "fig1_trajectories.png")
-    fig, axs = plotting._axes(None, 2)
+    fig, axs = plotting.panels(2)
 
     def exact_rate(t):
         v = _v51(t)
@@ -186,7 +186,7 @@ def mixture_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     m["exact_frac_pos"] = _exact_frac_pos(target)
     m["sbtm_frac_pos"] = _frac_pos(sbtm.particles)
     m["ula_frac_pos"] = _frac_pos(ula.particles)
-    fig, axs = plotting._axes(None, 2)
+    fig, axs = plotting.panels(2)
     grid = torch.linspace(-7, 7, 401)
     plotting.plot_density_1d({"SBTM": sbtm, "SDE": ula}, target.log_prob, grid, ax=axs[0], title=f"density at t = {cfg['t_final']:g}")
     plotting.plot_dissipation(sbtm, _thin(ula, 60), target.score, ax=axs[1])
@@ -207,7 +207,7 @@ def geometric_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     m["sbtm_frac_pos"] = _frac_pos(sbtm.particles)
     m["ula_frac_pos"] = _frac_pos(ula.particles)
     m["frac_pos_gap"] = abs(m["sbtm_frac_pos"] - m["ula_frac_pos"])
-    fig, axs = plotting._axes(None, 2)
+    fig, axs = plotting.panels(2)
     grid = torch.linspace(-9, 9, 451)
     plotting.plot_density_1d({"SBTM": sbtm, "SDE": ula}, target.log_prob, grid, ax=axs[0], title=f"density at t = {cfg['t_final']:g}")
     plotting.plot_dissipation(sbtm, None, ax=axs[1], title="eq. (4.1): $-dKL(f_t\\|\\pi)/dt$, both sides")

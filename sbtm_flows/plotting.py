@@ -28,6 +28,7 @@ __all__ = [
     "plot_densities_2d",
     "plot_entropy_decay",
     "sde_dissipation",
+    "panels",
     "save",
 ]
 
@@ -39,6 +40,11 @@ def _axes(ax, ncols=1, size=(5.0, 3.6)):
         return ax.figure if not isinstance(ax, (list, tuple)) else ax[0].figure, ax
     fig, axs = plt.subplots(1, ncols, figsize=(size[0] * ncols, size[1]), constrained_layout=True)
     return fig, axs
+
+
+def panels(ncols: int = 1, size: tuple[float, float] = (5.0, 3.6)):
+    """``(fig, axes)``: a new figure with ``ncols`` side-by-side panels (for combining figures)."""
+    return _axes(None, ncols, size)
 
 
 def save(fig, path) -> None:
