@@ -15,7 +15,8 @@ velocity, :func:`score_diagnostics` returns, as means over the particles:
   ``dissipation ≈ dissipation_learned`` indicates a well-learned score (Figures 2, 4, 6).
 
 ``kl_decrease`` (cumulative ∫ dissipation dt, trapezoid rule over the output times) is
-added by :func:`cumulative_trapezoid`.
+added by :func:`cumulative_trapezoid`.  A flow run also records ``eta``, the η in force at
+each output time (``eta="auto"`` changes it as the curvature of the loss changes).
 
 With ``track_logdensity=True`` a run also records, from the tracked ℓ = log f_t(X)
 (:func:`sbtm_flows.logdensity.density_diagnostics`): ``kl_plus_logz`` = mean(ℓ − log π̃(X))

@@ -484,14 +484,17 @@ def hessian_max_eigenvalue(
     v0: Tensor | None = None,
     return_vector: bool = False,
 ):
-    r"""Largest |eigenvalue| of ∇²_Θ L at state y by ``iters`` Lanczos steps on
+    r"""Largest (algebraic) eigenvalue of ∇²_Θ L at state y by ``iters`` Lanczos steps on
     Hessian-vector products (double backward), started from ``v0`` (warm start) or a random
     vector.  Lanczos finds the extreme eigenvalues far faster than power iteration when the
     top of the spectrum is clustered (as it is for MLP losses).
 
     The Θ-block of the coupled system's Jacobian is −η∇²_Θ L, so a fixed-step solver with
-    real stability interval [−c, 0] needs η·λ_max·dt ≤ c (c = 2 for Euler and Heun).
-    Returns λ_max, or ``(λ_max, v)`` with its Ritz vector when ``return_vector``.
+    real stability interval [−c, 0] needs η·λ_max·dt ≤ c (c = 2 for Euler and Heun).  Only
+    the positive end of the spectrum matters for that: a negative eigenvalue of ∇²_Θ L (the
+    implicit score-matching loss is not convex, and is unbounded below in some directions) is a
+    genuinely growing mode of the ODE itself, which every consistent solver follows.
+    Returns max(λ_max, 0), or ``(λ_max, v)`` with its Ritz vector when ``return_vector``.
     """
     x, theta = flow.split(y)
     x = x.detach()
@@ -522,8 +525,8 @@ def hessian_max_eigenvalue(
         off = torch.tensor(betas[: k - 1], dtype=torch.float64)
         T = T + torch.diag(off, 1) + torch.diag(off, -1)
     evals, evecs = torch.linalg.eigh(T)
-    i = int(torch.argmax(evals.abs()))
-    lam = float(evals[i].abs())
+    i = int(torch.argmax(evals))
+    lam = max(float(evals[i]), 0.0)
     if not return_vector:
         return lam
     v = sum(float(evecs[j, i]) * qs[j] for j in range(k))
@@ -570,8 +573,10 @@ class StiffnessMonitor:
     Hessian-vector products every ``every`` steps), so it follows the curvature as the
     network changes — on annealing paths it can grow by orders of magnitude after t0, which
     a check at the start cannot see.  When z exceeds the solver's real stability limit c the
-    fixed steps diverge (or oscillate and corrupt the score): :meth:`check` raises
-    :class:`SamplingError` naming t, z and what to do.
+    fastest network modes no longer relax: they oscillate or grow.  Gradient training often
+    settles at this "edge of stability" (the curvature hovers near c/(η·h)) without diverging,
+    and the samples can stay good, so :meth:`check` warns once (naming t, z and what to do),
+    keeps the largest z seen (``max_z``, ``t_max_z``), and leaves divergence to the NaN checks.
     """
 
     def __init__(self, flow: SBTMFlow, solver: str, limit: float, every: int = 50, iters: int = 2,
@@ -582,6 +587,7 @@ class StiffnessMonitor:
         self.v: Tensor | None = None
         self.lam = float("nan")
         self.last_step = -(10**18)
+        self.max_z, self.t_max_z, self.warned = 0.0, float("nan"), False
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the monitor (and an AutoEta) bitwise."""
@@ -614,15 +620,21 @@ class StiffnessMonitor:
             self.estimate(y)
         if self.auto is not None:
             self.auto.update(self.lam, self.limit, h)
-            return
         z = self.z(y, t, h)
-        if z > self.limit:
+        if z > self.max_z:
+            self.max_z, self.t_max_z = z, t
+        if z > self.limit and not self.warned:
+            self.warned = True
             x, theta = self.flow.split(y)
             eta = self.flow.eta_at(t, x, theta)
-            raise SamplingError(
+            import warnings
+
+            warnings.warn(
                 f"the coupled X/Θ system became stiff at t={t:.6g}: eta·λ_max(∇²_Θ L)·dt = {eta:.4g}·{self.lam:.4g}·{h:.4g} = "
-                f"{z:.3g} > {self.limit:g}, the stability limit of {self.solver!r}, so its fixed steps diverge from here. "
-                f"Use eta <= {self.limit / (self.lam * h):.3g} (or a decreasing eta(t)), training='steps' (optimizer steps "
-                "are stable at any curvature), or an adaptive solver; stiffness_check=False runs anyway",
-                t=t,
+                f"{z:.3g} > {self.limit:g}, the stability limit of {self.solver!r}. The network now trains at the edge of "
+                "stability: its fastest modes oscillate (glitches in F^n) instead of relaxing, and if they grow the run "
+                f"stops with a NaN error. For a clean run use eta <= {self.limit / (self.lam * h):.3g}, a smaller dt, "
+                "training='steps', or an adaptive solver",
+                RuntimeWarning,
+                stacklevel=2,
             )

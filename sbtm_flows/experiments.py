@@ -259,7 +259,7 @@ class Experiment:
     quick: dict = field(default_factory=dict)
 
 
-_BASE = dict(solver="heun2", sde_solver="euler", training="flow", seed=0, device="cpu", eta="auto", holdout=1000)
+_BASE = dict(solver="heun2", sde_solver="euler", training="flow", seed=0, device="cpu", eta=5.0, holdout=1000)
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (

@@ -382,7 +382,7 @@ def run_sbtm(
     atol: float = 1e-6,
     solver_options: dict | None = None,
     training: str = "flow",
-    eta: float | str | Callable[[float], float] = "auto",
+    eta: float | str | Callable[[float], float] = 5.0,
     score_model: torch.nn.Module | None = None,
     hidden: tuple[int, ...] = (64, 64),
     activation: str = "silu",
@@ -424,9 +424,9 @@ def run_sbtm(
             ``solver_options`` passed through to torchdiffeq.
         training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state) or ``"steps"`` (the paper's
             K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step).
-        eta: η of the flow: ``"auto"`` (default, :class:`~sbtm_flows.dynamics.AutoEta`: the
-            largest η the solver keeps stable at step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt),
-            re-estimated along the run), a number, a callable of t, ``"ntk"`` or an
+        eta: η of the flow: a number (default 5), a callable of t, ``"auto"``
+            (:class:`~sbtm_flows.dynamics.AutoEta`: the largest η the solver keeps stable at
+            step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
             :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
             state; ``"ntk"`` = ``NTKEta()``; a ``ceiling=None`` is set to the stiffness limit
             ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit).
@@ -565,6 +565,8 @@ def run_sbtm(
                 diag.update({f"{k}_train": v for k, v in dens.items()})
                 dens = density_diagnostics(log_target(xh), logdh, log_Z)
             diag.update(dens)
+        if training == "flow" and not getattr(dyn.eta, "needs_state", False):
+            diag["eta"] = dyn.eta_at(t)
         if record_ntk_every is not None:
             diag.update(_ntk_record(dyn, x, t, theta, k % int(record_ntk_every) == 0, ntk_reference))
         rec.add(t, x, theta, logd, diag, holdout=(xh, logdh))
@@ -601,6 +603,8 @@ def run_sbtm(
         info["stopped"] = f"F^n = {rec.diags['fisher'][-1]:.4g} < stop_fisher = {stop_fisher} at t = {rec.times[-1]:.6g}"
     if training == "steps":
         info["train_steps"] = dyn.train_steps
+    if monitor is not None and monitor.max_z > 0:
+        info["stiffness"] = {"max_eta_lambda_dt": monitor.max_z, "at_t": monitor.t_max_z, "solver_limit": monitor.limit}
     if track_logdensity and log_target is None:
         info["density_diagnostics"] = "unavailable: the target has no log_prob (kl_plus_logz, log_z, ess need log π̃)"
     elif track_logdensity and holdout:

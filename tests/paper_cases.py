@@ -31,7 +31,7 @@ def fokker_planck_51(n: int = 2000, dt: float = 0.01, t_final: float = 2.0, floo
             "ratio": cmp.ratio.tolist(), "wall_sbtm": w_s, "wall_ula": w_u}
 
 
-def mixture_52(method: str, n: int = 5000, t_final: float = 30.0, dt: float = 0.01, seed: int = 0, eta="auto") -> dict:
+def mixture_52(method: str, n: int = 5000, t_final: float = 30.0, dt: float = 0.01, seed: int = 0, eta=5.0) -> dict:
     """§5.2: π = ¼N(−2,1) + ¾N(2,1), f_0 = N(0,1); fraction of particles with x > 0."""
     target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
     init = sf.Gaussian(torch.zeros(1), 1.0)
@@ -47,7 +47,7 @@ def exact_frac_52() -> float:
     return 0.25 * phi(-2.0) + 0.75 * phi(2.0)
 
 
-def geometric_53(method: str, n: int = 5000, t_final: float = 10.0, dt: float = 0.01, seed: int = 0, eta="auto") -> dict:
+def geometric_53(method: str, n: int = 5000, t_final: float = 10.0, dt: float = 0.01, seed: int = 0, eta=5.0) -> dict:
     """§5.3: π = ¼N(−4,1) + ¾N(4,1), geometric path from f_0 = N(0,1); fraction with x > 0."""
     target = sf.GaussianMixture(torch.tensor([[-4.0], [4.0]]), 1.0, torch.tensor([0.25, 0.75]))
     init = sf.Gaussian(torch.zeros(1), 1.0)
