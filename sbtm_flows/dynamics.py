@@ -323,8 +323,13 @@ class SBTMFlow(_Base):
         return self._head(y)[-n:]
 
     def params(self, theta: Tensor) -> dict[str, Tensor]:
-        """Θ as ``{name: tensor}`` for ``torch.func.functional_call``."""
-        return unflatten_params(self.model, theta)
+        """Θ as ``{name: tensor}`` (views) for ``torch.func.functional_call``."""
+        spec = getattr(self, "_param_spec", None)
+        if spec is None:  # names and shapes of the parameters, read once (the RHS calls this every time)
+            spec = self._param_spec = [(name, p.numel(), p.shape) for name, p in self.model.named_parameters()]
+        if theta.numel() != sum(k for _, k, _ in spec):
+            return unflatten_params(self.model, theta)  # raises with the sizes
+        return {name: chunk.view(shape) for (name, _, shape), chunk in zip(spec, theta.split([k for _, k, _ in spec]))}
 
     def score_fn(self, theta: Tensor) -> Callable[[Tensor], Tensor]:
         """x ↦ s_Θ(x) for a flat Θ."""
@@ -349,7 +354,7 @@ class SBTMFlow(_Base):
         x, theta = self.split(y)
         x = x.detach()
         theta = theta.detach()
-        if self.check_finite and not (torch.isfinite(x).all() and torch.isfinite(theta).all()):
+        if self.check_finite and not bool(torch.isfinite(y).all()):
             return self._nonfinite(t, y, "the particles or the network parameters Θ", _STIFF_HINT)
         _, grad, s, div = self.loss_and_grad(x, theta)
         if self.check_finite and not torch.isfinite(grad).all():
