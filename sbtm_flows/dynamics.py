@@ -34,6 +34,7 @@ steps of an adaptive run, pass a ``norm`` in ``solver_options`` that ignores the
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Callable
 
 import torch
@@ -42,13 +43,10 @@ from torch import Tensor
 from .errors import SamplingError
 from .losses import divergence, implicit_score_matching, make_probes, resolve_divergence
 from .paths import Path, as_path
+from .paths import _tf as _tfloat
 from .score import flatten_params, make_optimizer, optimize, unflatten_params
 
 __all__ = ["SBTMFlow", "SBTMSteps", "AutoEta", "StiffnessMonitor", "particle_rates", "hessian_max_eigenvalue", "check_holdout"]
-
-
-def _tfloat(t) -> float:
-    return float(t.item()) if isinstance(t, Tensor) else float(t)
 
 
 def check_holdout(holdout) -> int:
@@ -632,8 +630,6 @@ class StiffnessMonitor:
             self.warned = True
             x, theta = self.flow.split(y)
             eta = self.flow.eta_at(t, x, theta)
-            import warnings
-
             warnings.warn(
                 f"the coupled X/Θ system became stiff at t={t:.6g}: eta·λ_max(∇²_Θ L)·dt = {eta:.4g}·{self.lam:.4g}·{h:.4g} = "
                 f"{z:.3g} > {self.limit:g}, the stability limit of {self.solver!r}. The network now trains at the edge of "

@@ -12,10 +12,12 @@ get ``rtol``/``atol`` and restart their step-size control at each output time.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -111,8 +113,6 @@ def initial_particles(init, n: int | None, dim: int, generator: torch.Generator,
 def _moved(obj, dtype, device):
     """A copy of a target/path module on (dtype, device); other objects unchanged."""
     if isinstance(obj, torch.nn.Module):
-        import copy
-
         return copy.deepcopy(obj).to(dtype=dtype, device=device)
     return obj
 
@@ -643,8 +643,6 @@ METHODS["sbtm"] = run_sbtm
 def _resolve_eta(eta):
     """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``; an ``AutoEta``
     or ``NTKEta`` is copied (``sample`` sets its value / ceiling)."""
-    import copy
-
     from .ntk import NTKEta
 
     if isinstance(eta, str):
@@ -725,8 +723,6 @@ def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float
     elif solver not in FIXED_GRID_SOLVERS:
         h_stable = 3.0 / max(eta * lam, 1e-30)  # explicit RK methods: real stability limit ≈ 2–3.3
         if h_stable < h / 10:
-            import warnings
-
             warnings.warn(
                 f"the coupled X/Θ system is stiff: eta·λ_max(∇²_Θ L) = {eta * lam:.4g}, so {solver!r} will be limited "
                 f"to steps of about {h_stable:.2g} (≈ {(t_final - t0) / h_stable:.3g} steps over the run) whatever "
