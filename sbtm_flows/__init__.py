@@ -13,7 +13,7 @@ from .ntk import NTKEta, empirical_ntk, eta_condition, ntk_matvec, ntk_min_eigen
 from .paths import Constant, Dilation, Geometric, Path, as_path
 from .result import Result, load
 from .sampling import FIXED_GRID_SOLVERS, METHODS, SOLVERS, sample
-from .score import ScoreMLP
+from .score import ScaledScore, ScoreMLP, at_time
 from .sde import SDE_SOLVERS, LangevinSDE
 from .targets import Gaussian, GaussianMixture, Target, from_log_prob, from_score
 
@@ -62,6 +62,8 @@ __all__ = [
     "FIXED_GRID_SOLVERS",
     "METHODS",
     "ScoreMLP",
+    "ScaledScore",
+    "at_time",
     "Target",
     "Gaussian",
     "GaussianMixture",

@@ -44,7 +44,7 @@ from .errors import SamplingError
 from .losses import divergence, implicit_score_matching, make_probes, resolve_divergence
 from .paths import Path, as_path
 from .paths import _tf as _tfloat
-from .score import flatten_params, make_optimizer, optimize, unflatten_params
+from .score import at_time, flatten_params, make_optimizer, optimize, unflatten_params
 
 __all__ = ["SBTMFlow", "SBTMSteps", "AutoEta", "StiffnessMonitor", "particle_rates", "hessian_max_eigenvalue", "check_holdout"]
 
@@ -329,20 +329,23 @@ class SBTMFlow(_Base):
             return unflatten_params(self.model, theta)  # raises with the sizes
         return {name: chunk.view(shape) for (name, _, shape), chunk in zip(spec, theta.split([k for _, k, _ in spec]))}
 
-    def score_fn(self, theta: Tensor) -> Callable[[Tensor], Tensor]:
-        """x ↦ s_Θ(x) for a flat Θ."""
+    def score_fn(self, theta: Tensor, t: float | Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """x ↦ s_Θ(x) (at time t, for a time-conditioned model) for a flat Θ."""
         params = self.params(theta)
+        if getattr(self.model, "time_conditioned", False):
+            return lambda z: torch.func.functional_call(self.model, params, (z, t))
         return lambda z: torch.func.functional_call(self.model, params, (z,))
 
-    def loss_and_grad(self, x: Tensor, theta: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(L, ∇_Θ L (P,), s (n, d), ∇·s (n,))`` at particles ``x`` and parameters Θ.
+    def loss_and_grad(self, x: Tensor, theta: Tensor, create_graph: bool = False,
+                      t: float | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(L, ∇_Θ L (P,), s (n, d), ∇·s (n,))`` at particles ``x``, parameters Θ and time t.
 
         With ``create_graph`` (and Θ requiring grad) the gradient is differentiable in Θ
         (for Hessian-vector products)."""
         probes = self._need_probes(x)
         with torch.enable_grad():
             th = theta if theta.requires_grad else theta.detach().requires_grad_(True)
-            loss, (s, div) = implicit_score_matching(self.score_fn(th), x, self.divergence, probes)
+            loss, (s, div) = implicit_score_matching(self.score_fn(th, t), x, self.divergence, probes)
             (grad,) = torch.autograd.grad(loss, th, create_graph=create_graph)
         return loss.detach(), grad, s.detach(), div.detach()
 
@@ -354,14 +357,14 @@ class SBTMFlow(_Base):
         theta = theta.detach()
         if self.check_finite and not bool(torch.isfinite(y).all()):
             return self._nonfinite(t, y, "the particles or the network parameters Θ", _STIFF_HINT)
-        _, grad, s, div = self.loss_and_grad(x, theta)
+        _, grad, s, div = self.loss_and_grad(x, theta, t=t)
         if self.check_finite and not torch.isfinite(grad).all():
             return self._nonfinite(t, y, "the loss gradient ∇_Θ L", _STIFF_HINT)
         v, dl = particle_rates(self.path, t, x, s, div if self.track_logdensity else None, self.check_finite, self.probes)
         parts = [v.reshape(-1), -self.eta_at(t, x, theta) * grad]
         if dl is not None:
             parts.append(dl)
-        held_out = self._holdout_rates(t, y, self.score_fn(theta))
+        held_out = self._holdout_rates(t, y, self.score_fn(theta, t))
         if held_out is None:
             return self._nonfinite(t, y, "the held-out particles", _STIFF_HINT)
         return torch.cat(parts + held_out)
@@ -443,7 +446,8 @@ class SBTMSteps(_Base):
         if self.divergence == "hutchinson":
             self._draw_probes(x.shape[0], x)
         with torch.enable_grad():
-            loss = optimize(lambda: implicit_score_matching(self.model, x, self.divergence, self.probes)[0], self.optimizer, self.inner_steps)
+            model = at_time(self.model, t)
+            loss = optimize(lambda: implicit_score_matching(model, x, self.divergence, self.probes)[0], self.optimizer, self.inner_steps)
         self.train_steps += self.inner_steps
         self.last_loss = float(loss)
         if self.check_finite and not torch.isfinite(loss):
@@ -467,12 +471,13 @@ class SBTMSteps(_Base):
             return self._nonfinite(t, y, "the particles", "lower dt or lr, or use an adaptive solver")
         with torch.no_grad():
             probes = self._need_probes(x)
+            model = at_time(self.model, t)
             if self.track_logdensity:
-                s, div = divergence(self.model, x, self.divergence, probes)
+                s, div = divergence(model, x, self.divergence, probes)
             else:
-                s, div = self.model(x), None
+                s, div = model(x), None
             v, dl = particle_rates(self.path, t, x, s, div, self.check_finite, probes)
-        held_out = self._holdout_rates(t, y, self.model)
+        held_out = self._holdout_rates(t, y, model)
         if held_out is None:
             return self._nonfinite(t, y, "the held-out particles", "lower dt or lr, or use an adaptive solver")
         parts = [v.reshape(-1)] if dl is None else [v.reshape(-1), dl]
@@ -486,6 +491,7 @@ def hessian_max_eigenvalue(
     generator: torch.Generator | None = None,
     v0: Tensor | None = None,
     return_vector: bool = False,
+    t: float | Tensor | None = None,
 ):
     r"""Largest (algebraic) eigenvalue of ∇²_Θ L at state y by ``iters`` Lanczos steps on
     Hessian-vector products (double backward), started from ``v0`` (warm start) or a random
@@ -497,12 +503,13 @@ def hessian_max_eigenvalue(
     the positive end of the spectrum matters for that: a negative eigenvalue of ∇²_Θ L (the
     implicit score-matching loss is not convex, and is unbounded below in some directions) is a
     genuinely growing mode of the ODE itself, which every consistent solver follows.
-    Returns max(λ_max, 0), or ``(λ_max, v)`` with its Ritz vector when ``return_vector``.
+    Returns max(λ_max, 0), or ``(λ_max, v)`` with its Ritz vector when ``return_vector``
+    (``t``: the time, for a time-conditioned score model).
     """
     x, theta = flow.split(y)
     x = x.detach()
     th = theta.detach().clone().requires_grad_(True)
-    grad = flow.loss_and_grad(x, th, create_graph=True)[1]
+    grad = flow.loss_and_grad(x, th, create_graph=True, t=t)[1]
     q = torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(theta) if v0 is None else v0.to(theta)
     q = q / q.norm()
     qs, alphas, betas = [], [], []
@@ -604,10 +611,10 @@ class StiffnessMonitor:
         if self.auto is not None:
             self.auto.value = state["eta"]
 
-    def estimate(self, y: Tensor, iters: int | None = None) -> float:
-        """Update and return the λ_max estimate at state y."""
+    def estimate(self, y: Tensor, iters: int | None = None, t: float | None = None) -> float:
+        """Update and return the λ_max estimate at state y (time t)."""
         self.lam, self.v = hessian_max_eigenvalue(self.flow, y, self.iters if iters is None else iters,
-                                                  self.generator, self.v, return_vector=True)
+                                                  self.generator, self.v, return_vector=True, t=t)
         return self.lam
 
     def z(self, y: Tensor, t: float, h: float) -> float:
@@ -620,7 +627,7 @@ class StiffnessMonitor:
         re-evaluated at every call, so a growing η(t) is caught between estimates)."""
         if step - self.last_step >= self.every:
             self.last_step = step
-            self.estimate(y)
+            self.estimate(y, t=t)
         if self.auto is not None:
             self.auto.update(self.lam, self.limit, h)
         z = self.z(y, t, h)

@@ -90,26 +90,33 @@ def _check_x(x: Tensor) -> None:
         raise ValueError(f"x must be a tensor of particles (n, d), got {getattr(x, 'shape', type(x))}")
 
 
-def _outputs(model: torch.nn.Module, x: Tensor) -> Callable[[Tensor], Tensor]:
+def _apply(model: torch.nn.Module, th: Tensor, x: Tensor, t) -> Tensor:
+    """s_Θ(x) (at time t for a time-conditioned model) for a flat Θ."""
+    args = (x, t) if getattr(model, "time_conditioned", False) else (x,)
+    return torch.func.functional_call(model, unflatten_params(model, th), args)
+
+
+def _outputs(model: torch.nn.Module, x: Tensor, t=None) -> Callable[[Tensor], Tensor]:
     """Θ ↦ vec s_Θ(X) ``(P,) -> (n·d,)``."""
-    return lambda th: torch.func.functional_call(model, unflatten_params(model, th), (x,)).reshape(-1)
+    return lambda th: _apply(model, th, x, t).reshape(-1)
 
 
-def ntk_jacobian(model_or_flow, x: Tensor, theta: Tensor | None = None) -> Tensor:
+def ntk_jacobian(model_or_flow, x: Tensor, theta: Tensor | None = None, t: float | None = None) -> Tensor:
     r"""J = ∂ vec s_Θ(X) / ∂Θ ``(n·d, P)`` (particle-major rows), one reverse pass per
-    output of one particle, vmapped over the n particles (``vmap(jacrev)``)."""
+    output of one particle, vmapped over the n particles (``vmap(jacrev)``); ``t``: the time,
+    for a time-conditioned model (e.g. :class:`~sbtm_flows.score.ScaledScore`)."""
     _check_x(x)
     model, th = _model_theta(model_or_flow, theta)
     th = th.to(x)
 
-    def one(t: Tensor, xi: Tensor) -> Tensor:
-        return torch.func.functional_call(model, unflatten_params(model, t), (xi[None],))[0]
+    def one(p: Tensor, xi: Tensor) -> Tensor:
+        return _apply(model, p, xi[None], t)[0]
 
     jac = torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))(th, x.detach())  # (n, d, P)
     return jac.reshape(-1, th.numel())
 
 
-def ntk_matvec(model_or_flow, x: Tensor, theta: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+def ntk_matvec(model_or_flow, x: Tensor, theta: Tensor | None = None, t: float | None = None) -> Callable[[Tensor], Tensor]:
     r"""Matrix-free v ↦ H v = J (Jᵀ v) without forming H or J.
 
     Jᵀ v is one vector-Jacobian product (reverse mode) and J u one Jacobian-vector product
@@ -119,7 +126,7 @@ def ntk_matvec(model_or_flow, x: Tensor, theta: Tensor | None = None) -> Callabl
     _check_x(x)
     model, th = _model_theta(model_or_flow, theta)
     th = th.to(x)
-    f = _outputs(model, x.detach())
+    f = _outputs(model, x.detach(), t)
     _, vjp_fn = torch.func.vjp(f, th)
 
     def hv(v: Tensor) -> Tensor:
@@ -135,7 +142,8 @@ def ntk_matvec(model_or_flow, x: Tensor, theta: Tensor | None = None) -> Callabl
     return matvec
 
 
-def empirical_ntk(model_or_flow, x: Tensor, theta: Tensor | None = None, method: str = "auto", block: int = 256) -> Tensor:
+def empirical_ntk(model_or_flow, x: Tensor, theta: Tensor | None = None, method: str = "auto", block: int = 256,
+                  t: float | None = None) -> Tensor:
     r"""The empirical NTK H ``(n·d, n·d)``, H^{ij}_{αβ} = Σ_k ∂_{θ_k}s^α(Xⁱ) ∂_{θ_k}s^β(Xʲ),
     index i·d + α.
 
@@ -143,6 +151,7 @@ def empirical_ntk(model_or_flow, x: Tensor, theta: Tensor | None = None, method:
         model_or_flow: an :class:`~sbtm_flows.dynamics.SBTMFlow` (its network) or a module.
         x: particles ``(n, d)``.
         theta: flat parameters Θ ``(P,)``; default the module's own.
+        t: the time, for a time-conditioned model (:class:`~sbtm_flows.score.ScaledScore`).
         method: ``"jacobian"`` — materialise J ``(n·d, P)`` with ``vmap(jacrev)`` and form
             J Jᵀ: cost ≈ n·d backward passes of one particle + (n·d)²·P flops, memory n·d·P;
             ``"matvec"`` — columns H e_j in blocks of ``block`` by the vjp/jvp products of
@@ -161,12 +170,12 @@ def empirical_ntk(model_or_flow, x: Tensor, theta: Tensor | None = None, method:
     if method == "auto":
         method = "jacobian" if nd * p <= JACOBIAN_MAX_ENTRIES else "matvec"
     if method == "jacobian":
-        jac = ntk_jacobian(model, x, th)
+        jac = ntk_jacobian(model, x, th, t)
         return jac @ jac.T
     if method == "matvec":
         if int(block) < 1:
             raise ValueError(f"block must be >= 1, got {block}")
-        mv = ntk_matvec(model, x, th)
+        mv = ntk_matvec(model, x, th, t)
         eye = torch.eye(nd, dtype=x.dtype, device=x.device)
         cols = [mv(eye[:, i : i + block]) for i in range(0, nd, block)]
         h = torch.cat(cols, 1)
@@ -181,6 +190,7 @@ def ntk_min_eigenvalue(
     method: str = "auto",
     tol: float = 1e-6,
     maxiter: int | None = None,
+    t: float | None = None,
 ) -> float:
     r"""λ_min(H), the smallest *eigenvalue* of the empirical NTK (= σ_min(J)², the best λ
     with vᵀHv ≥ λ|v|²; **not** its square — see the module docstring).
@@ -206,7 +216,7 @@ def ntk_min_eigenvalue(
     if method == "auto":
         method = "dense" if nd <= DENSE_EIG_MAX else "lobpcg"
     if method == "dense":
-        h = empirical_ntk(model, x.to(torch.float64), th.to(torch.float64))
+        h = empirical_ntk(model, x.to(torch.float64), th.to(torch.float64), t=t)
         return float(torch.linalg.eigvalsh(h)[0])
     if method in ("lanczos", "lobpcg"):
         if nd > p:
@@ -214,7 +224,7 @@ def ntk_min_eigenvalue(
         import numpy as np
         from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-        mv = ntk_matvec(model, x.to(torch.float64), th.to(torch.float64))
+        mv = ntk_matvec(model, x.to(torch.float64), th.to(torch.float64), t)
 
         def apply(v):
             return mv(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(nd))).numpy()
@@ -322,7 +332,7 @@ def loss_rates(
     with torch.enable_grad():
         th = theta.detach().to(x).requires_grad_(True)
         xr = x.detach().requires_grad_(True)
-        train, (s, _) = implicit_score_matching(flow.score_fn(th), xr, flow.divergence, probes)
+        train, (s, _) = implicit_score_matching(flow.score_fn(th, t), xr, flow.divergence, probes)
         if velocity is None:
             v = particle_rates(flow.path, t, x.detach(), s.detach(), check_finite=False)[0]
         elif velocity.shape != x.shape:
@@ -406,7 +416,7 @@ def eta_condition(
     th = th.to(x)
     n = x.shape[0]
     r = loss_rates(flow, x, t, th, reference_score, velocity)
-    lam = float(lambda_min) if lambda_min is not None else ntk_min_eigenvalue(flow, x, th, method=eig_method)
+    lam = float(lambda_min) if lambda_min is not None else ntk_min_eigenvalue(flow, x, th, method=eig_method, t=t)
     loss, rate = float(r["loss"]), float(r["loss_rate"])
     return EtaCondition(
         lambda_min=lam,
@@ -426,11 +436,11 @@ def eta_condition(
 # An η that follows the condition
 # ----------------------------------------------------------------------------------------
 def stability_ceiling(flow: SBTMFlow, y: Tensor, h: float, c: float = 2.0, margin: float = 0.8,
-                      generator: torch.Generator | None = None) -> float:
+                      generator: torch.Generator | None = None, t: float | None = None) -> float:
     r"""margin · c / (λ_max(∇²_Θ L) · h): the largest η a solver with real stability
     interval [−c, 0] and step h keeps stable at state y (the pre-run check of ``sample``
     refuses η·λ_max·h > c), with a safety ``margin`` because λ_max changes along the run."""
-    lam = hessian_max_eigenvalue(flow, y, generator=generator)
+    lam = hessian_max_eigenvalue(flow, y, generator=generator, t=t)
     return margin * c / (lam * h) if lam > 0 else math.inf
 
 
@@ -477,7 +487,7 @@ class NTKEta:
         rate = float(r["loss_rate"])
         if self.bound == "exact":
             return _exact_threshold(rate, float(r["grad"] @ r["train_grad"]))
-        lam = ntk_min_eigenvalue(flow, x, theta, method="dense")
+        lam = ntk_min_eigenvalue(flow, x, theta, method="dense", t=t)
         return _theorem_bound(x.shape[0], lam, float(r["loss"]), rate, 4.0)
 
     def __call__(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None,

@@ -45,7 +45,11 @@ def uniform_grid(t0: float, t1: float, dt: float, dtype=torch.float64) -> Tensor
 
 
 class Path(torch.nn.Module):
-    """Base class of annealing paths (subclasses implement ``score(x, t)``)."""
+    """Base class of annealing paths (subclasses implement ``score(x, t)``).
+
+    A path that dilates space (π_t(x) ∝ π(x / c(t))) may also define ``scale(t) -> c(t)``:
+    SBTM's default network then learns in the coordinates x / c(t)
+    (:class:`~sbtm_flows.score.ScaledScore`)."""
 
     target: Target
 
@@ -293,6 +297,11 @@ class Dilation(Path):
         self.lam_ref = float(lam_ref)
         self.schedule_name = schedule if isinstance(schedule, str) else getattr(schedule, "__name__", "callable")
         self.lam = make_schedule(schedule, self.t_final, self.lam0)
+
+    def scale(self, t: float | Tensor) -> float:
+        """λ(t), the factor by which π_t is π dilated (the default SBTM network learns the score
+        in the coordinates x/λ(t): :class:`~sbtm_flows.score.ScaledScore`)."""
+        return self.lam(_tf(t))
 
     def score(self, x: Tensor, t: float | Tensor) -> Tensor:
         """λ⁻¹∇log π(x/λ), ``(n, d) -> (n, d)``."""

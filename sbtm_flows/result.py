@@ -74,16 +74,23 @@ class Result:
         return self.particles.shape[1]
 
     def score_model(self, k: int = -1) -> torch.nn.Module:
-        """The score network s_Θ at output index ``k`` (default: the last).
+        """The score network s_Θ at output index ``k`` (default: the last), as a module
+        x ↦ s(x) ``(n, d) -> (n, d)`` at that output time (for a :class:`ScaledScore` run, the
+        network with its scale c(t_k) fixed).
 
         Raises:
             ValueError: for a run without a score network (e.g. ULA).
         """
         if self.thetas is None or self.score_config is None:
             raise ValueError(f"a {self.method!r} run has no score network")
-        from .score import ScoreMLP, unflatten_params
+        from .score import ScaledScore, ScoreMLP, unflatten_params
 
-        model = ScoreMLP(**self.score_config, dtype=self.thetas.dtype).to(self.thetas.device)
+        cfg = self.score_config
+        if "net" in cfg:
+            net = ScoreMLP(**cfg["net"], dtype=self.thetas.dtype)
+            model = ScaledScore(net, cfg["scales"][k]).to(self.thetas.device)
+        else:
+            model = ScoreMLP(**cfg, dtype=self.thetas.dtype).to(self.thetas.device)
         with torch.no_grad():
             for name, p in unflatten_params(model, self.thetas[k]).items():
                 model.get_parameter(name).copy_(p)

@@ -32,7 +32,7 @@ from .errors import SamplingError
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
 from .result import Result
-from .score import ScoreMLP, fit_score, flatten_params
+from .score import ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
 from .targets import Gaussian, Target, check_particles
 
 __all__ = [
@@ -430,7 +430,10 @@ def run_sbtm(
             :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
             state; ``"ntk"`` = ``NTKEta()``; a ``ceiling=None`` is set to the stiffness limit
             ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit).
-        score_model: a network ``(n, d) -> (n, d)``; default :class:`ScoreMLP(hidden, activation)`.
+        score_model: a network ``(n, d) -> (n, d)``, or a time-conditioned one ``(x, t)``
+            (``model.time_conditioned``, e.g. :class:`~sbtm_flows.score.ScaledScore`); default
+            :class:`ScoreMLP(hidden, activation)`, wrapped in ``ScaledScore(net, path.scale)``
+            when ``training="steps"`` and the path has a ``scale(t)`` (:class:`~sbtm_flows.paths.Dilation`).
         divergence: ``"exact"``, ``"hutchinson"`` (``probes`` probes) or ``"auto"``.
         init_steps, init_tol: the initial fit of s_Θ to ∇log f_0 (explicit score matching if
             ``init`` has a score, else implicit); its relative error is in ``result.info``.
@@ -495,6 +498,10 @@ def run_sbtm(
     # ---- the score network and its initial fit ------------------------------------------
     if score_model is None:
         score_model = ScoreMLP(dim, hidden, activation, generator=gen, dtype=dtype)
+        if training == "steps" and callable(getattr(path, "scale", None)):
+            # a path that dilates space: learn in its coordinates (see ScaledScore; with
+            # training="flow" the loss curvature in Θ would grow like 1/c(t)², so not by default)
+            score_model = ScaledScore(score_model, path.scale)
     score_model = score_model.to(device=device, dtype=dtype)
     if training == "flow":
         dyn = SBTMFlow(path, score_model, eta=eta, divergence=divergence, probes=probes, generator=gen, track_logdensity=track_logdensity,
@@ -505,7 +512,7 @@ def run_sbtm(
     dyn.max_nfe = max_nfe
     dyn.reject_nonfinite = not fixed
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), fixed, times)
-    ckpt = _Checkpoint(checkpoint, _config_of(args)) if checkpoint is not None else None
+    ckpt = Checkpoint(checkpoint, _config_of(args)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
     info: dict = {}
@@ -518,7 +525,7 @@ def run_sbtm(
                 dyn._draw_probes(n, x0)
                 fit_probes = dyn.probes
             info["init_fit"] = fit_score(score_model, x0, init_score, steps=int(init_steps), tol=init_tol,
-                                         divergence=dyn.divergence, probes=fit_probes)
+                                         divergence=dyn.divergence, probes=fit_probes, t=t0)
         info["init_fit_seconds"] = time.perf_counter() - t_fit
         y = dyn.initial_state(x0, log_density0=log_f0, holdout_x0=xh0, holdout_log_density0=log_fh0)
         rec = Recorder()
@@ -531,7 +538,7 @@ def run_sbtm(
         from .ntk import stability_ceiling
 
         dyn.eta.ceiling = stability_ceiling(dyn, y, float((grid[1:] - grid[:-1]).max()) if fixed else dt,
-                                            _STABILITY.get(solver, 2.0), generator=gen)
+                                            _STABILITY.get(solver, 2.0), generator=gen, t=t0)
         info["ntk_eta_ceiling"] = dyn.eta.ceiling
     monitor = None
     if training == "flow":
@@ -545,16 +552,16 @@ def run_sbtm(
         elif resumed is None and (stiffness_check or monitor is not None):
             _stiffness_check(dyn, y, solver, h, t0, t_final, gen, monitor)
 
-    def state_parts(y):
+    def state_parts(y, t):
         if training == "flow":
             x, theta = dyn.split(y)
-            return x, theta, dyn.score_fn(theta)
+            return x, theta, dyn.score_fn(theta, t)
         x = dyn.split(y)
-        return x, flatten_params(score_model), score_model
+        return x, flatten_params(score_model), at_time(score_model, t)
 
     def record(y, k) -> bool:
         t = float(grid[out_idx[k]])
-        x, theta, fn = state_parts(y)
+        x, theta, fn = state_parts(y, t)
         diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x))
         logd = dyn.log_density(y)
         xh, logdh = dyn.split_holdout(y) if holdout else (None, None)
@@ -584,7 +591,7 @@ def run_sbtm(
         return odeint_chunk(dyn, y, ts, solver, rtol, atol, options)
 
     def save_ckpt(y, k):
-        ckpt.save(y, k, rec, dyn, training, time.perf_counter() - t_start + wall0, info, monitor)
+        ckpt.save(y, k, rec, dyn.nfe, time.perf_counter() - t_start + wall0, info, **_sbtm_state(dyn, training, monitor))
 
     t_start = time.perf_counter()
     if resumed is None:
@@ -624,7 +631,7 @@ def run_sbtm(
         method="sbtm",
         config=_config_of(args),
         thetas=packed["thetas"],
-        score_config=score_model.config() if hasattr(score_model, "config") else None,
+        score_config=_score_config(score_model, packed["times"]),
         log_density=final_logd,
         log_density_trajectory=packed["log_density_trajectory"],
         log_target=log_target(packed["trajectory"][-1]) if final_logd is not None and log_target is not None else None,
@@ -638,6 +645,17 @@ def run_sbtm(
 
 
 METHODS["sbtm"] = run_sbtm
+
+
+def _score_config(model, times: Tensor) -> dict | None:
+    """What :meth:`Result.score_model` needs to rebuild the network: its ``config()`` and, for
+    a :class:`ScaledScore`, its scale c(t) at each output time."""
+    if not hasattr(model, "config"):
+        return None
+    cfg = model.config()
+    if isinstance(model, ScaledScore):
+        cfg["scales"] = [model.scale_at(t) for t in times.tolist()]
+    return cfg
 
 
 def _resolve_eta(eta):
@@ -703,12 +721,12 @@ def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float
     with the step size and the RHS evaluations they will need.  The converged power-iteration
     vector seeds ``monitor``, which keeps watching during the run."""
     if monitor is not None:
-        lam = monitor.estimate(y, iters=30)
+        lam = monitor.estimate(y, iters=30, t=t0)
         if monitor.auto is not None:
             monitor.auto.update(lam, monitor.limit, h)
             monitor.last_step = 0
     else:
-        lam = hessian_max_eigenvalue(flow, y, generator=gen)
+        lam = hessian_max_eigenvalue(flow, y, generator=gen, t=t0)
     eta = flow.eta_at(t0)
     if solver in _STABILITY:
         c = _STABILITY[solver]
@@ -738,30 +756,27 @@ def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float
 _VOLATILE = {"progress", "checkpoint", "checkpoint_every", "resume", "max_nfe"}
 
 
-class _Checkpoint:
+class Checkpoint:
+    """One run's checkpoint file: its arguments (a resume with other arguments is refused),
+    the state after the last output time, the recorder and the method's extra state."""
+
     def __init__(self, path, config: dict):
         self.path = os.fspath(path)
         self.config = {k: v for k, v in config.items() if k not in _VOLATILE}
 
-    def save(self, y, k, rec: Recorder, dyn, training, wall, info, monitor=None) -> None:
+    def save(self, y: Tensor, k: int, rec: Recorder, nfe: int, wall: float, info: dict, **state) -> None:
+        """Write the state after output time ``k`` atomically (``state``: the method's own
+        extra entries, e.g. the network and optimizer)."""
         blob = {
-            "monitor": None if monitor is None else monitor.state_dict(),
             "config": json.dumps(self.config, sort_keys=True),
             "k": k,
             "y": y.detach().cpu(),
             "record": rec.state_dict(),
-            "nfe": dyn.nfe,
+            "nfe": nfe,
             "wall": wall,
             "info": json.dumps(info),
-            "probes": None if dyn.probes is None else dyn.probes.cpu(),
-            "generator": dyn.generator.get_state() if dyn.generator is not None else None,
-            "holdout_probes": None if dyn.holdout_probes is None else dyn.holdout_probes.cpu(),
-            "holdout_generator": dyn.holdout_generator.get_state() if dyn.holdout_generator is not None else None,
+            **state,
         }
-        if training == "steps":
-            blob["model"] = {k_: v.detach().cpu() for k_, v in dyn.model.state_dict().items()}
-            blob["optimizer"] = dyn.optimizer.state_dict()
-            blob["train_steps"] = dyn.train_steps
         tmp = self.path + ".tmp"
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         torch.save(blob, tmp)
@@ -778,11 +793,34 @@ class _Checkpoint:
         return blob
 
 
-def _restore(blob, dyn, training, device, dtype):
+def _sbtm_state(dyn, training: str, monitor=None) -> dict:
+    """What an SBTM checkpoint needs beyond the state vector: probes, generators, the
+    stiffness monitor and, for ``training="steps"``, the network and its optimizer."""
+    state = {
+        "monitor": None if monitor is None else monitor.state_dict(),
+        "probes": None if dyn.probes is None else dyn.probes.cpu(),
+        "generator": dyn.generator.get_state() if dyn.generator is not None else None,
+        "holdout_probes": None if dyn.holdout_probes is None else dyn.holdout_probes.cpu(),
+        "holdout_generator": dyn.holdout_generator.get_state() if dyn.holdout_generator is not None else None,
+    }
+    if training == "steps":
+        state["model"] = {k: v.detach().cpu() for k, v in dyn.model.state_dict().items()}
+        state["optimizer"] = dyn.optimizer.state_dict()
+        state["train_steps"] = dyn.train_steps
+    return state
+
+
+def restore_record(blob: dict, device, dtype) -> tuple[Tensor, Recorder, int, int, float, dict]:
+    """``(y, recorder, k, nfe, wall, info)`` from a checkpoint written by :class:`Checkpoint`."""
     y = blob["y"].to(device=device, dtype=dtype)
     r = blob["record"]
     rec = Recorder(times=r["times"], diags=r["diags"],
                    **{k: [v.to(device) for v in r.get(k, [])] for k in ("xs", "thetas", "logds", "holdout_xs", "holdout_logds")})
+    return y, rec, blob["k"], blob["nfe"], blob["wall"], json.loads(blob["info"])
+
+
+def _restore(blob, dyn, training, device, dtype):
+    y, rec, k, nfe, wall, info = restore_record(blob, device, dtype)
     for name in ("probes", "holdout_probes"):
         if blob.get(name) is not None:
             setattr(dyn, name, blob[name].to(device=device, dtype=dtype))
@@ -793,4 +831,4 @@ def _restore(blob, dyn, training, device, dtype):
         dyn.model.load_state_dict(blob["model"])
         dyn.optimizer.load_state_dict(blob["optimizer"])
         dyn.train_steps = blob["train_steps"]
-    return y, rec, blob["k"], blob["nfe"], blob["wall"], json.loads(blob["info"])
+    return y, rec, k, nfe, wall, info

@@ -6,6 +6,13 @@ r"""The score network s_Θ: ℝᵈ → ℝᵈ and its initialisation to the init
 the initial law has an analytic score, by implicit score matching otherwise.
 :func:`flatten_params` / :func:`unflatten_params` convert between the module's parameters
 and the flat vector Θ that is part of the ODE state.
+
+A *time-conditioned* model (``model.time_conditioned = True``) is called as ``model(x, t)``;
+:func:`at_time` turns any model into the map x ↦ s(x) at one time t.  The one shipped here,
+:class:`ScaledScore`, is s(x, t) = ŝ_Θ(x / c(t)) / c(t): the network ŝ works in the
+coordinates y = x / c(t) of a path that dilates space (c = λ for
+:class:`~sbtm_flows.paths.Dilation`), where f_t stays at unit scale while in x its modes
+have width ~c(t) and its score size ~1/c(t).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from .losses import explicit_score_matching, implicit_score_matching
 
 __all__ = [
     "ScoreMLP",
+    "ScaledScore",
+    "at_time",
     "ACTIVATIONS",
     "fit_score",
     "optimize",
@@ -93,6 +102,59 @@ class ScoreMLP(torch.nn.Module):
         return {"dim": self.dim, "hidden": list(self.hidden), "activation": self.activation}
 
 
+class ScaledScore(torch.nn.Module):
+    r"""s(x, t) = ŝ(x / c(t)) / c(t), ``(n, d) -> (n, d)``: a network in rescaled coordinates.
+
+    If X_t = c(t)·Y_t then ∇log f^X_t(x) = ∇log f^Y_t(x/c) / c, so a network ŝ ≈ ∇log f^Y_t
+    gives the score in x.  The implicit loss transforms the same way,
+    mean(|s|² + 2∇_x·s) = c⁻² mean(|ŝ|² + 2∇_y·ŝ), so training s trains ŝ on the loss of Y
+    (scaled by c⁻², which Adam ignores).  On a dilation path π_t(x) ∝ π(x/λ(t)) with
+    c = λ the network sees data of the scale of π at every t, instead of modes of width λ and
+    scores of size 1/λ — the difference between learning the 16-mode mixture of paper §5.4
+    and not learning it.
+
+    Args:
+        net: the network ŝ ``(n, d) -> (n, d)``.
+        scale: c(t) > 0, a callable of t (e.g. ``path.scale``) or a constant.
+    """
+
+    time_conditioned = True
+
+    def __init__(self, net: torch.nn.Module, scale: Callable[[float], float] | float):
+        super().__init__()
+        if not callable(scale) and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a callable of t or a positive number, got {scale!r}")
+        self.net = net
+        self.scale = scale
+
+    def scale_at(self, t: float | Tensor | None) -> float:
+        """c(t) as a float (a constant scale ignores t)."""
+        if not callable(self.scale):
+            return float(self.scale)
+        if t is None:
+            raise ValueError("ScaledScore with a time-dependent scale needs t: call model(x, t)")
+        c = float(self.scale(float(t)))
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"ScaledScore: scale(t={float(t):.6g}) = {c!r}, must be positive and finite")
+        return c
+
+    def forward(self, x: Tensor, t: float | Tensor | None = None) -> Tensor:
+        c = self.scale_at(t)
+        return self.net(x / c) / c
+
+    def config(self) -> dict:
+        """The network's constructor arguments (the scale is a function of the path)."""
+        return {"net": self.net.config() if hasattr(self.net, "config") else None}
+
+
+def at_time(model: Callable, t: float | Tensor | None) -> Callable[[Tensor], Tensor]:
+    """x ↦ s(x) at time t: ``model`` itself, or ``x ↦ model(x, t)`` when the model is
+    time-conditioned (``model.time_conditioned``)."""
+    if getattr(model, "time_conditioned", False):
+        return lambda x: model(x, t)
+    return model
+
+
 def flatten_params(model: torch.nn.Module) -> Tensor:
     """All parameters of ``model`` as one flat vector Θ ``(P,)`` (detached copy)."""
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -142,8 +204,10 @@ def fit_score(
     divergence: str = "exact",
     probes: Tensor | None = None,
     check_every: int = 50,
+    t: float | None = None,
 ) -> dict:
-    r"""Fit ``model`` to the score of the law of the particles ``x (n, d)``.
+    r"""Fit ``model`` to the score of the law of the particles ``x (n, d)`` (at time ``t``
+    for a time-conditioned model).
 
     With ``score`` (``(n, d)``, the analytic ∇log f_0 at x) it minimises
     mean|s − ∇log f_0|² with Adam and stops once the relative error
@@ -155,6 +219,7 @@ def fit_score(
     """
     opt = make_optimizer(model, "adam", lr)
     x = x.detach()
+    model = at_time(model, t)  # (the optimizer already holds the parameters)
     if score is not None:
         score = score.detach()
         norm2 = (score * score).sum(-1).mean().clamp_min(1e-30)

@@ -14,8 +14,10 @@ from torchsde's own tables).  ``"euler"`` (Euler–Maruyama) is ULA.
 
 :func:`run_ula` (``sf.sample(..., method="ula")``) steps on the path's time grid
 (``path.time_grid``: uniform, or λ-aware for :class:`~sbtm_flows.paths.Dilation`) through
-the shared chunked driver, with one seeded ``torchsde.BrownianInterval`` spanning
-[t0, t_final] — same seed ⇒ bitwise the same particles.
+the shared chunked driver.  Each output interval [t_k, t_{k+1}] has its own
+``torchsde.BrownianInterval`` whose entropy is a fixed function of the run's seed and k, so
+the same seed gives bitwise the same particles, and a run resumed from a checkpoint at t_k
+draws exactly the Brownian increments the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from .dynamics import particle_rates
 from .errors import SamplingError
 from .paths import Path, as_path
 from .result import Result
-from .sampling import METHODS, Recorder, _config_of, drive, output_grid, prepare_run
+from .sampling import METHODS, Checkpoint, Recorder, _config_of, drive, output_grid, prepare_run, restore_record
 
-__all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs"]
+__all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs", "chunk_entropy"]
 
 _ADJOINT_ONLY = {"adjoint_reversible_heun"}
 
@@ -90,7 +92,7 @@ class LangevinSDE(torch.nn.Module):
 
     noise_type = "diagonal"
 
-    def __init__(self, path, sde_type: str = "ito", check_finite: bool = True):
+    def __init__(self, path, sde_type: str = "ito", check_finite: bool = True, max_nfe: int | None = None):
         super().__init__()
         if sde_type not in ("ito", "stratonovich"):
             raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}")
@@ -98,16 +100,30 @@ class LangevinSDE(torch.nn.Module):
         self.sde_type = sde_type
         self.check_finite = check_finite
         self.nfe = 0
+        #: raise :class:`SamplingError` once the drift has been evaluated this many times.
+        self.max_nfe = max_nfe
 
     def f(self, t: Tensor | float, y: Tensor) -> Tensor:
-        """Drift ∇log π_t(y), ``(n, d) -> (n, d)``; raises :class:`SamplingError` if NaN/inf."""
+        """Drift ∇log π_t(y), ``(n, d) -> (n, d)``; raises :class:`SamplingError` if NaN/inf
+        or once ``max_nfe`` drift evaluations are used up."""
         self.nfe += 1
+        if self.max_nfe is not None and self.nfe > self.max_nfe:
+            raise SamplingError(f"max_nfe={self.max_nfe} drift evaluations used up at t={float(t):.6g}", t=float(t))
         v, _ = particle_rates(self.path, t, y, y.new_zeros(()), None, self.check_finite)
         return v
 
     def g(self, t: Tensor | float, y: Tensor) -> Tensor:
         """Diagonal diffusion √2 (one entry per coordinate), ``(n, d)``."""
         return torch.full_like(y, math.sqrt(2.0))
+
+
+def chunk_entropy(base: int, k: int) -> int:
+    """Entropy of the Brownian motion on output interval k: a fixed (splitmix64) function of
+    the run's ``base`` entropy and k, in [0, 2³¹)."""
+    z = (int(base) * 0x9E3779B97F4A7C15 + int(k) + 1) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return int((z ^ (z >> 31)) % (2**31 - 1))
 
 
 def uniform_runs(ts: Tensor, rtol: float = 1e-6) -> list[tuple[int, int]]:
@@ -139,7 +155,10 @@ def run_ula(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str = torch.float32,
     progress: bool = False,
+    max_nfe: int | None = None,
     checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
 ) -> Result:
     r"""Run (annealed) ULA: dX = ∇log π_t(X) dt + √2 dW with torchsde, from X₀ ~ init.
 
@@ -152,37 +171,41 @@ def run_ula(
         sde_solver: a torchsde method valid for additive diagonal noise (:data:`SDE_SOLVERS`;
             ``"euler"`` = Euler–Maruyama = ULA, ``"milstein"``, ``"srk"``, ``"heun"``, …).
         solver_options: passed to ``torchsde.sdeint`` as ``options``.
-        checkpoint: not supported for ULA (raises if given).
+        max_nfe: raise :class:`SamplingError` after this many drift evaluations.
+        checkpoint, checkpoint_every, resume: write a checkpoint every ``checkpoint_every``
+            output times; ``resume=True`` continues an existing one, bitwise as if uninterrupted.
 
-    The Brownian path is one ``torchsde.BrownianInterval`` over [t0, t_final] whose entropy is
-    drawn from the seeded generator after X₀: same seed ⇒ bitwise the same particles.
+    The Brownian motion of output interval k is a ``torchsde.BrownianInterval`` with entropy
+    :func:`chunk_entropy` (base, k), the base being drawn from the seeded generator after X₀:
+    same seed ⇒ bitwise the same particles, with or without a resume.
 
     Returns:
         a :class:`~sbtm_flows.result.Result` with ``method="ula"``, empty ``diagnostics`` (there
         is no score model, so no Fisher information or dissipation: see ``info["diagnostics"]``).
 
     Raises:
-        ValueError: bad arguments (an sde_solver outside :data:`SDE_SOLVERS`, …).
+        ValueError: bad arguments (an sde_solver outside :data:`SDE_SOLVERS`, …), or a
+            checkpoint written with other arguments.
         SamplingError: ∇log π_t or the particles became NaN/inf (names t and the count).
     """
     args = dict(locals())
     args.pop("target")
     _check_sde_solver(sde_solver)
-    if checkpoint is not None:
-        raise ValueError("checkpoint/resume is not supported for method='ula'; rerun with the same seed instead")
     path, gen, x0, _, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
     sde_type, levy = SDE_SOLVERS[sde_solver]
-    sde = LangevinSDE(path, sde_type=sde_type)
+    sde = LangevinSDE(path, sde_type=sde_type, max_nfe=max_nfe)
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), True, times)
     entropy = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    h_min = float((grid[1:] - grid[:-1]).min())
-    bm = torchsde.BrownianInterval(
-        t0=float(grid[0]), t1=float(grid[-1]), size=tuple(x0.shape), dtype=dtype, device=device,
-        entropy=entropy, dt=h_min, levy_area_approximation=levy,
-    )
+    ckpt = Checkpoint(checkpoint, _config_of(args)) if checkpoint is not None else None
+    resumed = ckpt.load() if (ckpt is not None and resume) else None
 
     def advance(y: Tensor, i0: int, i1: int) -> Tensor:
         ts = grid[i0 : i1 + 1]
+        k = int(torch.searchsorted(out_idx, torch.tensor(i0)))
+        bm = torchsde.BrownianInterval(
+            t0=float(ts[0]), t1=float(ts[-1]), size=tuple(y.shape), dtype=dtype, device=device,
+            entropy=chunk_entropy(entropy, k), dt=float((ts[1:] - ts[:-1]).min()), levy_area_approximation=levy,
+        )
         for a, b in uniform_runs(ts):
             span = ts[[a, b]]
             step = float(span[1] - span[0]) / (b - a) * (1.0 + 1e-9)  # lands exactly on ts[b]
@@ -197,18 +220,25 @@ def run_ula(
                 )
         return y
 
-    rec = Recorder()
-    rec.add(float(grid[out_idx[0]]), x0)
+    if resumed is None:
+        y, rec, start, wall0 = x0, Recorder(), 0, 0.0
+        rec.add(float(grid[out_idx[0]]), x0)
+    else:
+        y, rec, start, sde.nfe, wall0, _ = restore_record(resumed, device, dtype)
 
     def record(y: Tensor, k: int) -> bool:
         rec.add(float(grid[out_idx[k]]), y)
         return False
 
+    def save_ckpt(y: Tensor, k: int) -> None:
+        ckpt.save(y, k, rec, sde.nfe, time.perf_counter() - t_start + wall0, {})
+
     t_start = time.perf_counter()
     with torch.no_grad():
-        drive(advance, record, x0, out_idx, grid, progress=progress, desc="ula",
+        drive(advance, record, y, out_idx, grid, start=start, progress=progress, desc="ula",
+              checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
               postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": sde.nfe})
-    wall = time.perf_counter() - t_start
+    wall = time.perf_counter() - t_start + wall0
     packed = rec.pack()
     info = {
         "diagnostics": "ULA has no score model, so the relative Fisher information, the score-matching loss and the "

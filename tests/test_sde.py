@@ -101,6 +101,29 @@ def test_langevin_sde_follows_torchsde_protocol():
         LangevinSDE(TARGET, sde_type="weird")
 
 
-def test_checkpoint_not_supported_for_ula(tmp_path):
-    with pytest.raises(ValueError, match="checkpoint"):
-        sf.sample(TARGET, method="ula", n=10, checkpoint=tmp_path / "c.pt")
+@pytest.mark.parametrize("path", ["constant", "dilation"])
+def test_ula_checkpoint_resume_is_bitwise(tmp_path, path):
+    # an interrupted run (max_nfe) resumed from its checkpoint ends bitwise where the
+    # uninterrupted run ends: the Brownian increments after the checkpoint are the same
+    if path == "constant":
+        target, kw = TARGET, dict(init=INIT, n=300, t_final=0.6, dt=0.01, save_every=5, seed=4)
+    else:
+        target = sf.paths.Dilation(sf.Gaussian(torch.zeros(2), 1.0), t_final=1.0, lam0=0.2)
+        kw = dict(init=sf.Gaussian(torch.zeros(2), 0.05), n=200, t_final=1.0, dt=0.02, save_every=7, seed=4)
+    full = sf.sample(target, method="ula", **kw)
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(sf.SamplingError, match="max_nfe"):
+        sf.sample(target, method="ula", checkpoint=ck, checkpoint_every=2, max_nfe=full.nfe // 2, **kw)
+    assert ck.exists()
+    k_saved = torch.load(ck, weights_only=False)["k"]
+    assert 0 < k_saved < len(full.times) - 1
+    resumed = sf.sample(target, method="ula", checkpoint=ck, checkpoint_every=2, resume=True, **kw)
+    assert torch.equal(resumed.trajectory, full.trajectory)
+    assert torch.equal(resumed.times, full.times) and resumed.nfe == full.nfe
+    with pytest.raises(ValueError, match="different arguments"):
+        sf.sample(target, method="ula", checkpoint=ck, resume=True, **{**kw, "seed": 5})
+
+
+def test_ula_max_nfe_names_the_limit():
+    with pytest.raises(sf.SamplingError, match="max_nfe=7"):
+        sf.sample(TARGET, method="ula", n=10, t_final=1.0, dt=0.01, max_nfe=7)
