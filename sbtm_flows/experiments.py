@@ -220,9 +220,10 @@ def geometric_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
 # ----------------------------------------------------------------------------------------
 def dilation_2d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     """§5.4: 16 unit-variance modes on {−6, −2, 2, 6}², dilation path π_t(x) ∝ π(x/λ(t)),
-    λ linear from ``lam0`` to 1.  SBTM uses the paper's discrete training here: on this path
+    λ linear from ``lam0`` to 1.  SBTM uses the paper's discrete training here (on this path
     λ_max(∇²_Θ L) grows by two orders of magnitude as the network fits the 16 shrinking modes,
-    so the coupled flow's η would have to fall with it (``eta="auto"`` does, and lags)."""
+    so the coupled flow's η would have to fall with it), whose default network on a dilation
+    path is a :class:`~sbtm_flows.score.ScaledScore` learning in x/λ(t)."""
     from .metrics import mode_weights, tv_distance
     from .paths import Dilation
 

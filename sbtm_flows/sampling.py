@@ -542,7 +542,9 @@ def run_sbtm(
         info["ntk_eta_ceiling"] = dyn.eta.ceiling
     monitor = None
     if training == "flow":
-        h = float((grid[1:] - grid[:-1]).max()) if fixed else dt
+        # the pre-run check is at t0, so it takes the step at t0 (a λ-aware grid starts with
+        # small steps where the curvature is large; the monitor checks each later step's own h)
+        h = float(grid[1] - grid[0]) if fixed else dt
         if isinstance(eta, AutoEta):
             monitor = StiffnessMonitor(dyn, solver, _STABILITY.get(solver, 2.0), every=20, iters=3, generator=gen, auto=eta)
         elif stiffness_check and solver in _STABILITY:

@@ -84,7 +84,7 @@ def grid_54(method: str, path_kind: str = "dilation", n: int = 4000, t_final: fl
 
 #: SBTM settings for §5.4.  The coupled flow (training="flow", eta=5) goes unstable on the
 #: dilation path: λ_max(∇²_Θ L) grows from ~8 at t=0 to several hundred once the network fits
-#: the 16 scaled modes (measured: η·λ_max·h ≈ 9–18 > 2 for heun2 at t ≈ 4–8), which the pre-run
-#: stiffness check at t0 cannot see.  The paper's discrete training (K Adam steps per time
-#: step) is unconditionally stable, so §5.4 uses it.
+#: the 16 scaled modes (measured: η·λ_max·h ≈ 9–18 > 2 for heun2 at t ≈ 4–8).  The paper's
+#: discrete training (K Adam steps per time step) is stable, and with it the default network is
+#: a ScaledScore that learns in the coordinates x/λ(t).
 SBTM_54 = {"training": "steps"}

@@ -112,8 +112,11 @@ def test_54_quick():
     s = P.grid_54("sbtm", **kw, **P.SBTM_54, inner_steps=5)
     u = P.grid_54("ula", **kw)
     g = P.grid_54("ula", path_kind="geometric", n=400, t_final=10.0, dt=0.05)
-    assert u["min_weight"] >= 0.01 and s["min_weight"] >= 0.005, (s["weights"], u["weights"])
-    assert sf.tv_distance(s["weights"], u["weights"]) < 0.35
+    # TV between two independent mode-weight vectors at n = 400 is ≈ 0.11 (noise floor).  Measured,
+    # seeds 0/1/2: TV 0.100/0.092/0.128, SBTM min weight ≥ 0.025 with the default ScaledScore; the
+    # plain network (no rescaling) gives TV 0.21/0.22/0.25 and min weights 0.005/0.0125/0.0
+    assert u["min_weight"] >= 0.01 and s["min_weight"] >= 0.015, (s["weights"], u["weights"])
+    assert sf.tv_distance(s["weights"], u["weights"]) < 0.17
     # the geometric path weights the 16 modes far worse than the dilation path
     assert g["tv_uniform"] > max(u["tv_uniform"], s["tv_uniform"]) + 0.2
 
