@@ -205,14 +205,16 @@ class _Base(torch.nn.Module):
                 self.n_probes, self.holdout, self.dim, self.probe_distribution, self.holdout_generator, like.dtype, like.device
             )
 
-    def _holdout_rates(self, t, y: Tensor, score_fn: Callable[[Tensor], Tensor]) -> list[Tensor] | None:
-        """[vec(v(X̃)) [, −∇·v(X̃)]] for the held-out block ([] when m = 0; ``None`` when X̃ is
-        non-finite).  ∇·s only when ℓ̃ is tracked; no gradient reaches Θ."""
-        if self.holdout == 0:
-            return []
+    def _holdout_velocity(self, t, y: Tensor, score_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
+        """``(v (m, d), −∇·v (m,) or None, lost (m,) bool)`` at the held-out particles.
+
+        A held-out particle is *lost* where its position or its rates are not finite (e.g. it
+        wandered where the network extrapolates wildly and the target's score overflows): its
+        rates are set to 0, so it stays where it is and the run goes on — held-out particles are
+        a diagnostic and never stop a run.  ∇·s only when ℓ̃ is tracked; no gradient reaches Θ."""
         x = self.split_holdout(y)[0].detach()
-        if self.check_finite and not torch.isfinite(x).all():
-            return None
+        lost = ~torch.isfinite(x).all(-1)
+        x = torch.where(lost[:, None], torch.zeros_like(x), x)
         probes = None
         if self.divergence == "hutchinson":
             if self.holdout_probes is None or self.holdout_probes.device != x.device:
@@ -223,7 +225,18 @@ class _Base(torch.nn.Module):
                 s, div = divergence(score_fn, x, self.divergence, probes)
             else:
                 s, div = score_fn(x), None
-            v, dl = particle_rates(self.path, t, x, s, div, self.check_finite, probes)
+            v, dl = particle_rates(self.path, t, x, s, div, False, probes)
+        lost = lost | ~torch.isfinite(v).all(-1)
+        if dl is not None:
+            lost = lost | ~torch.isfinite(dl)
+            dl = torch.where(lost, torch.zeros_like(dl), dl)
+        return torch.where(lost[:, None], torch.zeros_like(v), v), dl, lost
+
+    def _holdout_rates(self, t, y: Tensor, score_fn: Callable[[Tensor], Tensor]) -> list[Tensor]:
+        """[vec(v(X̃)) [, −∇·v(X̃)]] for the held-out block ([] when m = 0)."""
+        if self.holdout == 0:
+            return []
+        v, dl, _ = self._holdout_velocity(t, y, score_fn)
         return [v.reshape(-1)] if dl is None else [v.reshape(-1), dl]
 
 
@@ -355,7 +368,7 @@ class SBTMFlow(_Base):
         x, theta = self.split(y)
         x = x.detach()
         theta = theta.detach()
-        if self.check_finite and not bool(torch.isfinite(y).all()):
+        if self.check_finite and not bool(torch.isfinite(self._head(y)).all()):
             return self._nonfinite(t, y, "the particles or the network parameters Θ", _STIFF_HINT)
         _, grad, s, div = self.loss_and_grad(x, theta, t=t)
         if self.check_finite and not torch.isfinite(grad).all():
@@ -365,8 +378,6 @@ class SBTMFlow(_Base):
         if dl is not None:
             parts.append(dl)
         held_out = self._holdout_rates(t, y, self.score_fn(theta, t))
-        if held_out is None:
-            return self._nonfinite(t, y, "the held-out particles", _STIFF_HINT)
         return torch.cat(parts + held_out)
 
 
@@ -478,8 +489,6 @@ class SBTMSteps(_Base):
                 s, div = model(x), None
             v, dl = particle_rates(self.path, t, x, s, div, self.check_finite, probes)
         held_out = self._holdout_rates(t, y, model)
-        if held_out is None:
-            return self._nonfinite(t, y, "the held-out particles", "lower dt or lr, or use an adaptive solver")
         parts = [v.reshape(-1)] if dl is None else [v.reshape(-1), dl]
         return torch.cat(parts + held_out)
 

@@ -452,7 +452,10 @@ def run_sbtm(
             ``log_z_train``, ``ess_train``, ``kl_plus_logz_train``, ``kl_train``.  With a
             fixed-step solver the training particles and Θ are bitwise those of ``holdout=0``;
             adaptive solvers include the held-out block in their error norm, so their steps (and
-            the training trajectory, within the tolerance) change.
+            the training trajectory, within the tolerance) change.  A held-out particle whose
+            position or rates stop being finite (the target's score overflows where it wandered)
+            is frozen there, left out of the density diagnostics and counted in the diagnostic
+            ``holdout_lost``: held-out particles never stop a run.
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
         stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
             a run that the solver cannot keep stable.
@@ -567,12 +570,16 @@ def run_sbtm(
         diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x))
         logd = dyn.log_density(y)
         xh, logdh = dyn.split_holdout(y) if holdout else (None, None)
+        if holdout:
+            lost = dyn._holdout_velocity(t, y, fn)[2]
+            diag["holdout_lost"] = float(lost.sum())
         if logd is not None and log_target is not None:
             log_Z = getattr(path.target, "log_Z", None)
             dens = density_diagnostics(log_target(x), logd, log_Z)
             if holdout:
                 diag.update({f"{k}_train": v for k, v in dens.items()})
-                dens = density_diagnostics(log_target(xh), logdh, log_Z)
+                keep = ~lost
+                dens = density_diagnostics(log_target(xh[keep]), logdh[keep], log_Z)
             diag.update(dens)
         if training == "flow" and not getattr(dyn.eta, "needs_state", False):
             diag["eta"] = dyn.eta_at(t)

@@ -114,7 +114,7 @@ def test_holdout_without_track_logdensity_gives_particles_only():
     assert_training_run_equal(a, b)
     assert b.holdout_particles.shape == (200, 2)
     assert b.holdout_log_density is None and b.holdout_log_target is None
-    assert set(a.diagnostics) == set(b.diagnostics)
+    assert set(b.diagnostics) == set(a.diagnostics) | {"holdout_lost"} and not b.diagnostics["holdout_lost"].any()
     with pytest.raises(ValueError, match="log-density"):
         sf.importance(b, lambda x: x)
 
@@ -190,3 +190,34 @@ def test_dynamics_state_layout_and_errors():
         flow.initial_state(x0, log_density0=torch.zeros(5))
     with pytest.raises(ValueError, match="holdout must be a non-negative integer"):
         SBTMFlow(G2, ScoreMLP(2, (8,)), holdout=-2)
+
+
+class _NaNBeyond(sf.Path):
+    """The score of N(0, 1), NaN at x > 3 (a target whose score fails far out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.target = sf.Gaussian(torch.zeros(1), 1.0)
+
+    def score(self, x, t):
+        return torch.where(x > 3.0, torch.full_like(x, float("nan")), -x)
+
+
+@pytest.mark.parametrize("solver", ["heun2", "dopri5"])
+def test_lost_held_out_particles_are_frozen_not_fatal(solver):
+    # held-out particles beyond x = 3 meet a NaN score: they are frozen and counted, the run
+    # (training particles, all < 3) goes on, and the density diagnostics use the others only
+    path = _NaNBeyond()
+    res = sf.sample(path, init=sf.Gaussian(torch.zeros(1), 1.0), n=100, t_final=0.2, dt=0.02, seed=0, holdout=3000,
+                    track_logdensity=True, solver=solver, save_every=5, init_steps=300)
+    assert float(res.trajectory[0].max()) < 3.0
+    x0 = res.holdout_trajectory[0, :, 0]
+    beyond = int((x0 > 3.0).sum())
+    assert beyond >= 1
+    lost = res.diagnostics["holdout_lost"]
+    assert lost[0] == beyond and lost[-1] == beyond
+    frozen = x0 > 3.0
+    assert torch.equal(res.holdout_particles[frozen, 0], x0[frozen])  # they did not move
+    assert torch.isfinite(res.diagnostics["log_z"]).all() and torch.isfinite(res.diagnostics["ess"]).all()
+    # the others moved with the flow, as in a run without a failing region (f_0 = π, v ≈ 0)
+    assert float(res.diagnostics["log_z"][-1]) == pytest.approx(0.0, abs=0.05)
