@@ -4,7 +4,7 @@ Sample from an unnormalised density π: particles follow dX/dt = ∇log π_t(X) 
 while the score network s_Θ ≈ ∇log f_t is trained online by implicit score matching.
 """
 
-from . import diagnostics, dynamics, logdensity, losses, metrics, ntk, paths, plotting, score, sde, targets
+from . import diagnostics, dynamics, logdensity, losses, metrics, ntk, paths, plotting, posteriordb, score, sde, targets
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
 from .logdensity import ImportanceEstimate, effective_sample_size, importance, log_z_estimate
@@ -25,6 +25,7 @@ __all__ = [
     "metrics",
     "ntk",
     "plotting",
+    "posteriordb",
     "NTKEta",
     "empirical_ntk",
     "eta_condition",
