@@ -33,6 +33,7 @@ steps of an adaptive run, pass a ``norm`` in ``solver_options`` that ignores the
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Callable
@@ -293,7 +294,12 @@ class SBTMFlow(_Base):
         returns its largest value)."""
         if getattr(self.eta, "needs_state", False):
             return float(self.eta(t, x, theta, self if x is not None else None))
-        return self.eta(_tfloat(t)) if callable(self.eta) else self.eta
+        if not callable(self.eta):
+            return self.eta
+        eta = float(self.eta(_tfloat(t)))
+        if not (math.isfinite(eta) and eta > 0):
+            raise ValueError(f"eta(t) must be a positive finite number, got eta({_tfloat(t):.6g}) = {eta!r}")
+        return eta
 
     # ---- state layout -------------------------------------------------------------
     def initial_state(

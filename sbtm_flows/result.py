@@ -81,8 +81,11 @@ class Result:
         Raises:
             ValueError: for a run without a score network (e.g. ULA).
         """
-        if self.thetas is None or self.score_config is None:
+        if self.thetas is None:
             raise ValueError(f"a {self.method!r} run has no score network")
+        if self.score_config is None:
+            raise ValueError("this run's score network has no config() to rebuild it from: build the same network and "
+                             "load result.thetas[k] into it with sf.score.unflatten_params(model, result.thetas[k])")
         from .score import ScaledScore, ScoreMLP, unflatten_params
 
         cfg = self.score_config

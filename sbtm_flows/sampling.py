@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 import os
 import time
 import warnings
@@ -51,14 +52,32 @@ TRAININGS = ("flow", "steps")
 METHODS: dict[str, Callable[..., Result]] = {}
 
 
+def resolve_device(device) -> torch.device:
+    """``torch.device`` from a name or device (default CPU); raises ValueError for an unknown
+    device or one this machine does not have (e.g. ``"cuda"`` without a GPU)."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r} ({e})") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine (use device='cpu')")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available on this machine (use device='cpu')")
+    return dev
+
+
 def make_generator(seed: int | None) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with ``seed`` (all randomness is drawn on the CPU
     and moved, so a seed gives the same numbers on every device)."""
     g = torch.Generator()
     if seed is None:
         g.seed()
-    else:
-        g.manual_seed(int(seed))
+        return g
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    g.manual_seed(int(seed))
     return g
 
 
@@ -86,6 +105,13 @@ def initial_particles(init, n: int | None, dim: int, generator: torch.Generator,
     tensor of particles, or ``None`` (standard Gaussian).  Returns ``(X₀, init_target)``."""
     if init is None:
         init = Gaussian(torch.zeros(dim, dtype=torch.float64), torch.eye(dim, dtype=torch.float64))
+    if not isinstance(init, Tensor) and not hasattr(init, "sample") and hasattr(init, "__len__"):
+        try:  # array-likes (numpy arrays, nested lists) of particles
+            init = torch.as_tensor(init)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"init must be a tensor (or array) of particles (n, d) or a law with sample; got {type(init).__name__}") from e
+        if not init.is_floating_point():
+            init = init.double()
     if isinstance(init, Tensor):
         x0 = check_particles(init, dim, "init")
         if n is not None and n != x0.shape[0]:
@@ -95,8 +121,12 @@ def initial_particles(init, n: int | None, dim: int, generator: torch.Generator,
     else:
         if getattr(init, "dim", None) != dim:
             raise ValueError(f"init has dimension {getattr(init, 'dim', None)}, the target has dimension {dim}")
-        if not callable(getattr(init, "sample", None)):
-            raise ValueError("init must be a tensor of particles (n, d) or a target with sample(n, generator)")
+        samples = callable(getattr(init, "sample", None)) and ("sample" in vars(init) or getattr(init, "has_sample", True))
+        if not samples:
+            raise ValueError(
+                f"init must be a tensor of particles (n, d) or a law with sample(n, generator); {type(init).__name__} "
+                "cannot be sampled exactly (draw initial particles yourself and pass them as a tensor)"
+            )
         n = 1000 if n is None else n
         _check_positive("n", n, integer=True)
         x0 = init.sample(int(n), generator=generator)
@@ -147,6 +177,12 @@ def output_grid(path: Path, t0: float, t_final: float, dt: float, save_every: in
     if fixed:
         grid = path.time_grid(t0, t_final, dt).to(torch.float64)
         if times is not None:
+            # a requested time that is a grid point up to rounding (0.3 vs 0.1·3) is that point,
+            # not a second point 1e-17 away (a step that small stalls the solvers)
+            near = torch.searchsorted(grid, times).clamp(1, grid.numel() - 1)
+            near = torch.where((grid[near - 1] - times).abs() <= (grid[near] - times).abs(), near - 1, near)
+            snap = (grid[near] - times).abs() <= 1e-9 * times.abs().clamp_min(1.0)
+            times = torch.where(snap, grid[near], times)
             grid = torch.unique(torch.cat([grid, times]))
             idx = torch.searchsorted(grid, times)
         else:
@@ -235,13 +271,15 @@ def drive(
     *,
     start: int = 0,
     progress: bool = False,
-    checkpoint: Callable[[Any, int], None] | None = None,
+    checkpoint: Callable[[Any, int, bool], None] | None = None,
     checkpoint_every: int = 0,
     desc: str = "",
     postfix: Callable[[], dict] | None = None,
 ):
     """The one integration loop: for each output interval k → k+1, ``y = advance(y, i0, i1)``
     (grid indices), then ``record(y, k+1)``; stop early when ``record`` returns True.
+    ``checkpoint(y, k+1, stopped)`` runs every ``checkpoint_every`` intervals, at an early stop
+    and after the last interval.
 
     Returns ``(y, last_k, stopped)``."""
     from tqdm.auto import tqdm
@@ -256,8 +294,9 @@ def drive(
             bar.update(1)
             if progress and postfix is not None:
                 bar.set_postfix(postfix(), refresh=False)
-            if checkpoint is not None and (stopped or (checkpoint_every and (k + 1) % checkpoint_every == 0)):
-                checkpoint(y, k + 1)
+            last = stopped or k + 1 == n_chunks
+            if checkpoint is not None and (last or (checkpoint_every and (k + 1) % checkpoint_every == 0)):
+                checkpoint(y, k + 1, stopped)
             if stopped:
                 break
         else:
@@ -342,7 +381,7 @@ def prepare_run(target, init, n, t0: float, t_final: float, dt: float, save_ever
         raise ValueError(f"t_final must be > t0, got t_final={t_final}, t0={t0}")
     _check_positive("save_every", save_every, integer=True)
     dtype = _resolve_dtype(dtype)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = resolve_device(device)
     path = _moved(as_path(target), dtype, device)
     gen = make_generator(seed)
     x0, init_target = initial_particles(init, n, path.dim, gen, dtype, device)
@@ -423,7 +462,8 @@ def run_sbtm(
             ``dopri5``, ``adaptive_heun``, ``bosh3``, ``dopri8``, …); rtol/atol for adaptive ones;
             ``solver_options`` passed through to torchdiffeq.
         training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state) or ``"steps"`` (the paper's
-            K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step).
+            K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step;
+            fixed-step solvers only).
         eta: η of the flow: a number (default 5), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.dynamics.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
@@ -482,6 +522,16 @@ def run_sbtm(
     _check_solver(solver)
     if training not in TRAININGS:
         raise ValueError(f"unknown training {training!r}; valid: {', '.join(TRAININGS)}")
+    if training == "steps" and solver not in FIXED_GRID_SOLVERS:
+        raise ValueError(
+            f"training='steps' needs a fixed-step solver ({', '.join(sorted(FIXED_GRID_SOLVERS))}), got {solver!r}: the network "
+            "is trained between steps, and an adaptive solver reuses the previous step's last derivative (computed before "
+            "that training), so its error estimate sees the training jump and the step size collapses. Use training='flow' "
+            "(Θ in the ODE state) with adaptive solvers"
+        )
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        _check_positive(name, v)
+    _check_positive("checkpoint_every", checkpoint_every, integer=True)
     _check_positive("stop_fisher", stop_fisher, allow_none=True)
     _check_positive("max_nfe", max_nfe, integer=True, allow_none=True)
     _check_positive("record_ntk_every", record_ntk_every, integer=True, allow_none=True)
@@ -506,6 +556,7 @@ def run_sbtm(
             # training="flow" the loss curvature in Θ would grow like 1/c(t)², so not by default)
             score_model = ScaledScore(score_model, path.scale)
     score_model = score_model.to(device=device, dtype=dtype)
+    _check_score_model(score_model, x0, t0)
     if training == "flow":
         dyn = SBTMFlow(path, score_model, eta=eta, divergence=divergence, probes=probes, generator=gen, track_logdensity=track_logdensity,
                        holdout=holdout, holdout_generator=hgen)
@@ -515,7 +566,7 @@ def run_sbtm(
     dyn.max_nfe = max_nfe
     dyn.reject_nonfinite = not fixed
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), fixed, times)
-    ckpt = Checkpoint(checkpoint, _config_of(args)) if checkpoint is not None else None
+    ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
     info: dict = {}
@@ -599,14 +650,15 @@ def run_sbtm(
         options = dict(solver_options or {})
         return odeint_chunk(dyn, y, ts, solver, rtol, atol, options)
 
-    def save_ckpt(y, k):
-        ckpt.save(y, k, rec, dyn.nfe, time.perf_counter() - t_start + wall0, info, **_sbtm_state(dyn, training, monitor))
+    def save_ckpt(y, k, stopped):
+        ckpt.save(y, k, rec, dyn.nfe, time.perf_counter() - t_start + wall0, info, stopped=stopped,
+                  **_sbtm_state(dyn, training, monitor))
 
     t_start = time.perf_counter()
     if resumed is None:
         stopped = record(y, 0)
-    else:
-        stopped = False
+    else:  # a checkpoint written at an early stop (stop_fisher) is the end of the run
+        stopped = bool(resumed.get("stopped", False))
     k_end = start
     if not stopped:
         y, k_end, stopped = drive(
@@ -656,13 +708,30 @@ def run_sbtm(
 METHODS["sbtm"] = run_sbtm
 
 
+def _check_score_model(model, x0: Tensor, t0: float) -> None:
+    """Raise ValueError unless the score model maps particles ``(k, d)`` to ``(k, d)``."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"score_model must be a torch.nn.Module, got {type(model).__name__}")
+    d = x0.shape[1]
+    try:
+        with torch.no_grad():
+            out = at_time(model, t0)(x0[:2])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"score_model fails on particles of shape (2, {d}): {e}") from e
+    if not isinstance(out, Tensor) or out.shape != (2, d):
+        raise ValueError(f"score_model must map particles (k, {d}) to scores (k, {d}); on (2, {d}) it returned "
+                         f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+
+
 def _score_config(model, times: Tensor) -> dict | None:
     """What :meth:`Result.score_model` needs to rebuild the network: its ``config()`` and, for
-    a :class:`ScaledScore`, its scale c(t) at each output time."""
+    a :class:`ScaledScore`, its scale c(t) at each output time; ``None`` for a custom network."""
     if not hasattr(model, "config"):
         return None
     cfg = model.config()
     if isinstance(model, ScaledScore):
+        if cfg.get("net") is None:
+            return None
         cfg["scales"] = [model.scale_at(t) for t in times.tolist()]
     return cfg
 
@@ -765,13 +834,42 @@ def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float
 _VOLATILE = {"progress", "checkpoint", "checkpoint_every", "resume", "max_nfe"}
 
 
-class Checkpoint:
-    """One run's checkpoint file: its arguments (a resume with other arguments is refused),
-    the state after the last output time, the recorder and the method's extra state."""
+def target_fingerprint(path: Path, x_like: Tensor, t0: float, t_final: float) -> list[float]:
+    """∇log π_t at 8 fixed points (drawn from a fixed generator, scaled like ``x_like (n, d)``)
+    at t0 and t_final, rounded to 9 significant digits: a resume under another target or path
+    is refused because these numbers differ."""
+    g = torch.Generator().manual_seed(20241125)
+    scale = x_like.detach().std(0).clamp_min(1e-3).cpu().double()
+    pts = (torch.randn(8, x_like.shape[1], generator=g, dtype=torch.float64) * scale).to(x_like)
+    try:
+        with torch.no_grad():
+            vals = torch.cat([path.score(pts, t0).reshape(-1), path.score(pts, t_final).reshape(-1)])
+    except Exception:  # noqa: BLE001 - a score that fails off the sample is still a valid target
+        return [float("nan")]
+    return [float(f"{v:.9g}") for v in vals.double().cpu().tolist()]
 
-    def __init__(self, path, config: dict):
+
+class Checkpoint:
+    """One run's checkpoint file: its arguments and a fingerprint of its target (a resume
+    with other arguments or another target is refused), the state after the last output
+    time, the recorder and the method's extra state.
+
+    Raises:
+        ValueError: the checkpoint's folder cannot be created or written.
+    """
+
+    def __init__(self, path, config: dict, fingerprint: list[float] | None = None):
         self.path = os.fspath(path)
         self.config = {k: v for k, v in config.items() if k not in _VOLATILE}
+        if fingerprint is not None:
+            self.config["target_fingerprint"] = fingerprint
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the checkpoint folder {folder!r}: {e}") from e
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"the checkpoint folder {folder!r} is not writable")
 
     def save(self, y: Tensor, k: int, rec: Recorder, nfe: int, wall: float, info: dict, **state) -> None:
         """Write the state after output time ``k`` atomically (``state``: the method's own
@@ -795,10 +893,11 @@ class Checkpoint:
         if not os.path.exists(self.path):
             return None
         blob = torch.load(self.path, map_location="cpu", weights_only=False)
-        saved = json.loads(blob["config"])
-        if saved != self.config:
-            diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
-            raise ValueError(f"checkpoint {self.path} was written by a run with different arguments: {', '.join(diff)}")
+        if blob["config"] != json.dumps(self.config, sort_keys=True):
+            saved = json.loads(blob["config"])
+            diff = sorted(k for k in set(saved) | set(self.config) if json.dumps(saved.get(k)) != json.dumps(self.config.get(k)))
+            what = ["a different target/path" if k == "target_fingerprint" else k for k in diff]
+            raise ValueError(f"checkpoint {self.path} was written by a run with different arguments: {', '.join(what)}")
         return blob
 
 

@@ -36,7 +36,7 @@ from .dynamics import particle_rates
 from .errors import SamplingError
 from .paths import Path, as_path
 from .result import Result
-from .sampling import METHODS, Checkpoint, Recorder, _config_of, drive, output_grid, prepare_run, restore_record
+from .sampling import METHODS, Checkpoint, Recorder, _config_of, drive, output_grid, prepare_run, restore_record, target_fingerprint
 
 __all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs", "chunk_entropy"]
 
@@ -196,7 +196,7 @@ def run_ula(
     sde = LangevinSDE(path, sde_type=sde_type, max_nfe=max_nfe)
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), True, times)
     entropy = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    ckpt = Checkpoint(checkpoint, _config_of(args)) if checkpoint is not None else None
+    ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
     def advance(y: Tensor, i0: int, i1: int) -> Tensor:
@@ -204,7 +204,7 @@ def run_ula(
         k = int(torch.searchsorted(out_idx, torch.tensor(i0)))
         bm = torchsde.BrownianInterval(
             t0=float(ts[0]), t1=float(ts[-1]), size=tuple(y.shape), dtype=dtype, device=device,
-            entropy=chunk_entropy(entropy, k), dt=float((ts[1:] - ts[:-1]).min()), levy_area_approximation=levy,
+            entropy=chunk_entropy(entropy, k), dt=float((ts[1:] - ts[:-1]).max()), levy_area_approximation=levy,
         )
         for a, b in uniform_runs(ts):
             span = ts[[a, b]]
@@ -230,7 +230,7 @@ def run_ula(
         rec.add(float(grid[out_idx[k]]), y)
         return False
 
-    def save_ckpt(y: Tensor, k: int) -> None:
+    def save_ckpt(y: Tensor, k: int, stopped: bool) -> None:
         ckpt.save(y, k, rec, sde.nfe, time.perf_counter() - t_start + wall0, {})
 
     t_start = time.perf_counter()

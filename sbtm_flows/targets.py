@@ -61,6 +61,9 @@ def autograd_score(log_prob: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         lp = log_prob(xr)
         if lp.shape != x.shape[:1]:
             raise ValueError(f"log_prob must return shape ({x.shape[0]},), got {tuple(lp.shape)}")
+        if not lp.requires_grad:
+            raise ValueError("log_prob must be differentiable in x by torch autograd (it returned a tensor that does not "
+                             "depend on x through torch operations: no .detach(), numpy or float() inside); or give the score")
         (g,) = torch.autograd.grad(lp.sum(), xr, create_graph=x.requires_grad)
     return g
 
