@@ -4,9 +4,10 @@ Sample from an unnormalised density π: particles follow dX/dt = ∇log π_t(X) 
 while the score network s_Θ ≈ ∇log f_t is trained online by implicit score matching.
 """
 
-from . import diagnostics, dynamics, logdensity, losses, metrics, ntk, paths, plotting, posteriordb, score, sde, targets
+from . import diagnostics, dynamics, fokker_planck, logdensity, losses, metrics, ntk, paths, plotting, posteriordb, score, sde, targets
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
+from .fokker_planck import FokkerPlanck1D, fokker_planck_1d
 from .logdensity import ImportanceEstimate, effective_sample_size, importance, log_z_estimate
 from .metrics import compare_laws, energy_distance, mode_tv, mode_weights, sinkhorn, sliced_wasserstein, tv_distance
 from .ntk import NTKEta, empirical_ntk, eta_condition, ntk_matvec, ntk_min_eigenvalue
@@ -36,6 +37,9 @@ __all__ = [
     "score",
     "targets",
     "SBTMFlow",
+    "fokker_planck",
+    "FokkerPlanck1D",
+    "fokker_planck_1d",
     "SBTMSteps",
     "SamplingError",
     "importance",

@@ -89,18 +89,27 @@ def test_52_paper(method):
 # §5.3: ¼N(−4,1) + ¾N(4,1), geometric path, t_final = 10
 # ----------------------------------------------------------------------------------------
 def test_53_quick():
+    # both against the exact annealed law (Fokker–Planck grid solution, P(x > 0) = 0.5951);
+    # n = 600: one standard deviation of a fraction is 0.02
+    exact = P.geometric_53_exact()
     s = P.geometric_53("sbtm", n=600, dt=0.02)
     u = P.geometric_53("ula", n=600, dt=0.02)
+    assert abs(s["frac_pos"] - exact) < 0.06 and abs(u["frac_pos"] - exact) < 0.06, (s["frac_pos"], u["frac_pos"], exact)
     assert abs(s["frac_pos"] - u["frac_pos"]) < 0.08, (s["frac_pos"], u["frac_pos"])
-    assert u["frac_pos"] < 0.7  # sub-par, as the paper reports
+    assert exact < 0.7  # sub-par (π has 0.75): the annealed law itself, not a sampler error
 
 
 @pytest.mark.slow
 def test_53_paper():
+    # measured (seed 0): SBTM (steps) 0.5952, annealed ULA 0.5980, exact 0.5951; the coupled
+    # flow with eta = 5 gives 0.566 (it lags the moving π_t), see experiments.geometric_1d
+    exact = P.geometric_53_exact()
     s = P.geometric_53("sbtm", n=5000)
     u = P.geometric_53("ula", n=5000)
-    print(f"5.3: frac(x>0) SBTM {s['frac_pos']:.4f} ({s['wall']:.1f}s), annealed ULA {u['frac_pos']:.4f} ({u['wall']:.1f}s)")
+    print(f"5.3: frac(x>0) SBTM {s['frac_pos']:.4f} ({s['wall']:.1f}s), annealed ULA {u['frac_pos']:.4f} ({u['wall']:.1f}s), "
+          f"exact {exact:.4f}")
     assert abs(s["frac_pos"] - u["frac_pos"]) < 0.03
+    assert abs(s["frac_pos"] - exact) < 0.02 and abs(u["frac_pos"] - exact) < 0.02
 
 
 # ----------------------------------------------------------------------------------------
