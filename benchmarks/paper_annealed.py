@@ -28,7 +28,8 @@ def main(which):
     if "53" in which:
         for m in ("sbtm", "ula"):
             out = P.geometric_53(m, n=5000)
-            print(json.dumps({"case": "5.3", "method": m, "frac_pos": out["frac_pos"], "wall": out["wall"]}), flush=True)
+            print(json.dumps({"case": "5.3", "method": m, "frac_pos": out["frac_pos"], "exact_fokker_planck": P.geometric_53_exact(),
+                              "wall": out["wall"]}), flush=True)
     if "54" in which:
         ws = {}
         for path_kind in ("dilation", "geometric"):

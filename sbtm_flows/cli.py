@@ -161,6 +161,9 @@ def _cmd_sample(a) -> int:
     summary = {"target": a.target, "method": a.method, "n": res.n, "t_final": float(res.times[-1]), "nfe": res.nfe,
                "wall_time_s": res.wall_time, "mean": res.particles.double().mean(0).tolist(),
                "final": {k: float(v[-1]) for k, v in res.diagnostics.items()}}
+    if callable(getattr(target, "compare", None)):  # a posteriordb target: errors against its reference draws
+        cmp = target.compare(res.particles)
+        summary["reference"] = {k: v for k, v in cmp.items() if isinstance(v, (int, float))}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "config.json").write_text(json.dumps({"target": a.target, "method": a.method, **res.config}, indent=2, default=str))
     print(f"{a.method} on {a.target}: {res.n} particles at t={float(res.times[-1]):g}, NFE {res.nfe}, "

@@ -55,7 +55,18 @@ TARGETS: dict[str, Callable[[], object]] = {
     "mixture1d": lambda: GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75])),
     "mixture1d-far": lambda: GaussianMixture(torch.tensor([[-4.0], [4.0]]), 1.0, torch.tensor([0.25, 0.75])),
     "gmm2d": _grid16,
+    # real posteriors with reference draws (sbtm_flows.posteriordb), on unconstrained coordinates
+    "eight_schools": lambda: _posterior("eight_schools"),
+    "arK": lambda: _posterior("arK"),
+    "gp_pois_regr": lambda: _posterior("gp_pois_regr"),
+    "diamonds": lambda: _posterior("diamonds"),
 }
+
+
+def _posterior(name: str):
+    from . import posteriordb
+
+    return posteriordb.load(name)
 
 
 def make_target(name: str):
@@ -178,12 +189,17 @@ def _exact_frac_pos(mix: GaussianMixture) -> float:
     return float((mix.weights * (1 - normal.cdf(-mix.means[:, 0] / sd))).sum())
 
 
-def _fp_frac_pos(target, init, t_final: float, x_max: float) -> float:
-    """P(X_T > 0) of the exact law f_T (the 1-D Fokker–Planck grid solution both samplers
-    must reproduce: at finite T it is not π's)."""
+def _exact_f_T(target, init, t_final: float, x_max: float, m: dict, ax) -> None:
+    """The exact law f_T (1-D Fokker–Planck grid solution, which both samplers must reproduce;
+    at finite T it is not π): its P(X_T > 0) into ``m``, its density onto ``ax``."""
     from .fokker_planck import fokker_planck_1d
 
-    return fokker_planck_1d(target, init.log_prob, t_final, dt=2e-3, x_max=x_max, m=int(200 * x_max)).prob(lambda x: x > 0)
+    sol = fokker_planck_1d(target, init.log_prob, t_final, dt=2e-3, x_max=x_max, m=int(200 * x_max))
+    m["fokker_planck_frac_pos_at_t_final"] = sol.prob(lambda x: x > 0)
+    lim = ax.get_xlim()
+    ax.plot(sol.x.numpy(), sol.density[-1].numpy(), "k:", lw=1.5, label="exact $f_T$ (Fokker–Planck)")
+    ax.set_xlim(lim)
+    ax.legend(fontsize=8)
 
 
 def mixture_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
@@ -192,12 +208,12 @@ def mixture_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     sbtm, ula = _run_pair(target, _std_normal(1), cfg, progress)
     m = _common_metrics(sbtm, ula)
     m["exact_frac_pos"] = _exact_frac_pos(target)
-    m["fokker_planck_frac_pos_at_t_final"] = _fp_frac_pos(target, _std_normal(1), cfg["t_final"], 12.0)
     m["sbtm_frac_pos"] = _frac_pos(sbtm.particles)
     m["ula_frac_pos"] = _frac_pos(ula.particles)
     fig, axs = plotting.panels(2)
     grid = torch.linspace(-7, 7, 401)
     plotting.plot_density_1d({"SBTM": sbtm, "SDE": ula}, target.log_prob, grid, ax=axs[0], title=f"density at t = {cfg['t_final']:g}")
+    _exact_f_T(target, _std_normal(1), cfg["t_final"], 12.0, m, axs[0])
     plotting.plot_dissipation(sbtm, _thin(ula, 60), target.score, ax=axs[1])
     plotting.save(fig, out / "fig3_mixture.png")
     return m, {"sbtm": sbtm, "ula": ula}
@@ -218,13 +234,13 @@ def geometric_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     sbtm, ula = _run_pair(path, init, cfg, progress)
     m = _common_metrics(sbtm, ula)
     m["exact_frac_pos"] = _exact_frac_pos(target)
-    m["fokker_planck_frac_pos_at_t_final"] = _fp_frac_pos(path, init, cfg["t_final"], 14.0)
     m["sbtm_frac_pos"] = _frac_pos(sbtm.particles)
     m["ula_frac_pos"] = _frac_pos(ula.particles)
     m["frac_pos_gap"] = abs(m["sbtm_frac_pos"] - m["ula_frac_pos"])
     fig, axs = plotting.panels(2)
     grid = torch.linspace(-9, 9, 451)
     plotting.plot_density_1d({"SBTM": sbtm, "SDE": ula}, target.log_prob, grid, ax=axs[0], title=f"density at t = {cfg['t_final']:g}")
+    _exact_f_T(path, init, cfg["t_final"], 14.0, m, axs[0])
     plotting.plot_dissipation(sbtm, None, ax=axs[1], title="eq. (4.1): $-dKL(f_t\\|\\pi)/dt$, both sides")
     plotting.save(fig, out / "fig4_geometric.png")
     return m, {"sbtm": sbtm, "ula": ula}

@@ -94,6 +94,15 @@ def test_sample_and_list(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["nfe"] > 0
 
 
+def test_sample_a_posteriordb_target_reports_errors_against_its_reference(tmp_path):
+    out = tmp_path / "es"
+    cli("sample", "--target", "eight_schools", "--method", "ula", "--n", "300", "--t-final", "30", "--dt", "0.03",
+        "--out", str(out), "--no-progress")
+    ref = json.loads((out / "metrics.json").read_text())["reference"]
+    # ULA at T = 30 has settled (tests/test_posteriordb.py: max mean error 0.04–0.08 at n = 2000)
+    assert ref["max_mean_error"] < 0.3 and ref["ratio"] < 3.0, ref
+
+
 @pytest.mark.parametrize(
     "args",
     [
