@@ -258,8 +258,13 @@ def importance(result, g: Callable[[Tensor], Tensor], target=None, particles: st
         shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ValueError(f"g must return a tensor of shape ({x.shape[0]},) or ({x.shape[0]}, k), got {shape}")
     values = values.detach().cpu().to(torch.float64)
+    # held-out particles frozen where their score stopped being finite are left out (weight 0)
+    lost = getattr(result, "holdout_lost", None) if prefix else None
+    keep = torch.ones_like(lw, dtype=torch.bool) if lost is None else ~lost.cpu()
+    lw, values = lw[keep], values[keep]
     w = normalised_weights(lw)
     wv = w if values.ndim == 1 else w[:, None]
     value = (wv * values).sum(0)
     stderr = torch.sqrt((wv**2 * (values - value) ** 2).sum(0))
-    return ImportanceEstimate(value, stderr, effective_sample_size(lw), log_z_estimate(lw), w)
+    weights = torch.zeros(keep.shape[0], dtype=w.dtype).masked_scatter(keep, w)
+    return ImportanceEstimate(value, stderr, effective_sample_size(lw), log_z_estimate(lw), weights)

@@ -41,6 +41,8 @@ class Result:
         holdout_log_density: ``(m,)`` log f_T at the final held-out particles, when tracked.
         holdout_log_density_trajectory: ``(T, m)`` when tracked.
         holdout_log_target: ``(m,)`` log π̃ at the final held-out particles (as ``log_target``).
+        holdout_lost: ``(m,)`` bool, held-out particles frozen because their score or position
+            stopped being finite (left out of the density diagnostics and of ``importance``).
     """
 
     particles: Tensor
@@ -62,6 +64,7 @@ class Result:
     holdout_log_density: Tensor | None = None
     holdout_log_density_trajectory: Tensor | None = None
     holdout_log_target: Tensor | None = None
+    holdout_lost: Tensor | None = None
 
     @property
     def n(self) -> int:

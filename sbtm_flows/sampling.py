@@ -702,6 +702,7 @@ def run_sbtm(
         holdout_log_density=final_logdh,
         holdout_log_density_trajectory=packed["holdout_log_density_trajectory"],
         holdout_log_target=log_target(last["holdout_trajectory"]) if final_logdh is not None and log_target is not None else None,
+        holdout_lost=dyn._holdout_velocity(rec.times[-1], y, state_parts(y, rec.times[-1])[2])[2].cpu() if holdout else None,
     )
 
 

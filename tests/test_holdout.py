@@ -221,3 +221,8 @@ def test_lost_held_out_particles_are_frozen_not_fatal(solver):
     assert torch.isfinite(res.diagnostics["log_z"]).all() and torch.isfinite(res.diagnostics["ess"]).all()
     # the others moved with the flow, as in a run without a failing region (f_0 = π, v ≈ 0)
     assert float(res.diagnostics["log_z"][-1]) == pytest.approx(0.0, abs=0.05)
+    # the result carries the mask, and importance leaves the frozen particles out
+    assert torch.equal(res.holdout_lost, frozen)
+    est = sf.importance(res, lambda x: x[:, 0])
+    assert float(est.weights[frozen].abs().sum()) == 0.0 and est.weights.shape == (3000,)
+    assert est.log_z == pytest.approx(float(res.diagnostics["log_z"][-1]), abs=1e-9)
