@@ -767,10 +767,15 @@ def holdout_generator(gen: torch.Generator) -> torch.Generator:
     """The generator of the held-out particles and their probes: a CPU generator seeded with a
     fixed (splitmix64) function of ``gen``'s seed, so that held-out draws are reproducible
     from the run's seed without consuming the training stream (X₀, Θ₀, probes)."""
-    z = (gen.initial_seed() + 0x9E3779B97F4A7C15) % 2**64
+    return torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x9E3779B97F4A7C15))
+
+
+def splitmix64(z: int) -> int:
+    """The splitmix64 finaliser: a well-mixed 64-bit integer from ``z`` (derived seeds)."""
+    z %= 2**64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
-    return torch.Generator().manual_seed(z ^ (z >> 31))
+    return z ^ (z >> 31)
 
 
 def holdout_particles(init_target, m: int, gen: torch.Generator, x0: Tensor, track_logdensity: bool):

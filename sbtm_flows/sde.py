@@ -36,7 +36,18 @@ from .dynamics import particle_rates
 from .errors import SamplingError
 from .paths import Path, as_path
 from .result import Result
-from .sampling import METHODS, Checkpoint, Recorder, _config_of, drive, output_grid, prepare_run, restore_record, target_fingerprint
+from .sampling import (
+    METHODS,
+    Checkpoint,
+    Recorder,
+    _config_of,
+    drive,
+    output_grid,
+    prepare_run,
+    restore_record,
+    splitmix64,
+    target_fingerprint,
+)
 
 __all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs", "chunk_entropy"]
 
@@ -120,10 +131,7 @@ class LangevinSDE(torch.nn.Module):
 def chunk_entropy(base: int, k: int) -> int:
     """Entropy of the Brownian motion on output interval k: a fixed (splitmix64) function of
     the run's ``base`` entropy and k, in [0, 2³¹)."""
-    z = (int(base) * 0x9E3779B97F4A7C15 + int(k) + 1) % 2**64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
-    return int((z ^ (z >> 31)) % (2**31 - 1))
+    return splitmix64(int(base) * 0x9E3779B97F4A7C15 + int(k) + 1) % (2**31 - 1)
 
 
 def uniform_runs(ts: Tensor, rtol: float = 1e-6) -> list[tuple[int, int]]:
