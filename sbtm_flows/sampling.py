@@ -841,12 +841,11 @@ _VOLATILE = {"progress", "checkpoint", "checkpoint_every", "resume", "max_nfe"}
 
 
 def target_fingerprint(path: Path, x_like: Tensor, t0: float, t_final: float) -> list[float]:
-    """∇log π_t at 8 fixed points (drawn from a fixed generator, scaled like ``x_like (n, d)``)
-    at t0 and t_final, rounded to 9 significant digits: a resume under another target or path
-    is refused because these numbers differ."""
+    """∇log π_t at 8 fixed standard-normal points (a fixed generator; dtype and device of
+    ``x_like (n, d)``) at t0 and t_final, rounded to 9 significant digits: a resume under another
+    target or path is refused because these numbers differ."""
     g = torch.Generator().manual_seed(20241125)
-    scale = x_like.detach().std(0).clamp_min(1e-3).cpu().double()
-    pts = (torch.randn(8, x_like.shape[1], generator=g, dtype=torch.float64) * scale).to(x_like)
+    pts = torch.randn(8, x_like.shape[1], generator=g, dtype=torch.float64).to(x_like)
     try:
         with torch.no_grad():
             vals = torch.cat([path.score(pts, t0).reshape(-1), path.score(pts, t_final).reshape(-1)])
