@@ -45,7 +45,7 @@ from .errors import SamplingError
 from .losses import divergence, implicit_score_matching, make_probes, resolve_divergence
 from .paths import Path, as_path
 from .paths import _tf as _tfloat
-from .score import at_time, flatten_params, make_optimizer, optimize, unflatten_params
+from .score import at_time, flatten_params, functional_score, make_optimizer, optimize, unflatten_params
 
 __all__ = ["SBTMFlow", "SBTMSteps", "AutoEta", "StiffnessMonitor", "particle_rates", "hessian_max_eigenvalue", "check_holdout"]
 
@@ -206,7 +206,7 @@ class _Base(torch.nn.Module):
                 self.n_probes, self.holdout, self.dim, self.probe_distribution, self.holdout_generator, like.dtype, like.device
             )
 
-    def _holdout_velocity(self, t, y: Tensor, score_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
+    def holdout_velocity(self, t, y: Tensor, score_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
         """``(v (m, d), −∇·v (m,) or None, lost (m,) bool)`` at the held-out particles.
 
         A held-out particle is *lost* where its position or its rates are not finite (e.g. it
@@ -237,7 +237,7 @@ class _Base(torch.nn.Module):
         """[vec(v(X̃)) [, −∇·v(X̃)]] for the held-out block ([] when m = 0)."""
         if self.holdout == 0:
             return []
-        v, dl, _ = self._holdout_velocity(t, y, score_fn)
+        v, dl, _ = self.holdout_velocity(t, y, score_fn)
         return [v.reshape(-1)] if dl is None else [v.reshape(-1), dl]
 
 
@@ -351,9 +351,7 @@ class SBTMFlow(_Base):
     def score_fn(self, theta: Tensor, t: float | Tensor | None = None) -> Callable[[Tensor], Tensor]:
         """x ↦ s_Θ(x) (at time t, for a time-conditioned model) for a flat Θ."""
         params = self.params(theta)
-        if getattr(self.model, "time_conditioned", False):
-            return lambda z: torch.func.functional_call(self.model, params, (z, t))
-        return lambda z: torch.func.functional_call(self.model, params, (z,))
+        return lambda z: functional_score(self.model, params, z, t)
 
     def loss_and_grad(self, x: Tensor, theta: Tensor, create_graph: bool = False,
                       t: float | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .dynamics import SBTMFlow, _tfloat, hessian_max_eigenvalue, particle_rates
 from .losses import implicit_score_matching
-from .score import flatten_params, unflatten_params
+from .score import flatten_params, functional_score, unflatten_params
 
 __all__ = [
     "ntk_jacobian",
@@ -92,8 +92,7 @@ def _check_x(x: Tensor) -> None:
 
 def _apply(model: torch.nn.Module, th: Tensor, x: Tensor, t) -> Tensor:
     """s_Θ(x) (at time t for a time-conditioned model) for a flat Θ."""
-    args = (x, t) if getattr(model, "time_conditioned", False) else (x,)
-    return torch.func.functional_call(model, unflatten_params(model, th), args)
+    return functional_score(model, unflatten_params(model, th), x, t)
 
 
 def _outputs(model: torch.nn.Module, x: Tensor, t=None) -> Callable[[Tensor], Tensor]:

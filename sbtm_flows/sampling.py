@@ -622,7 +622,7 @@ def run_sbtm(
         logd = dyn.log_density(y)
         xh, logdh = dyn.split_holdout(y) if holdout else (None, None)
         if holdout:
-            lost = dyn._holdout_velocity(t, y, fn)[2]
+            lost = dyn.holdout_velocity(t, y, fn)[2]
             diag["holdout_lost"] = float(lost.sum())
         if logd is not None and log_target is not None:
             log_Z = getattr(path.target, "log_Z", None)
@@ -702,7 +702,7 @@ def run_sbtm(
         holdout_log_density=final_logdh,
         holdout_log_density_trajectory=packed["holdout_log_density_trajectory"],
         holdout_log_target=log_target(last["holdout_trajectory"]) if final_logdh is not None and log_target is not None else None,
-        holdout_lost=dyn._holdout_velocity(rec.times[-1], y, state_parts(y, rec.times[-1])[2])[2].cpu() if holdout else None,
+        holdout_lost=dyn.holdout_velocity(rec.times[-1], y, state_parts(y, rec.times[-1])[2])[2].cpu() if holdout else None,
     )
 
 

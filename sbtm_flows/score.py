@@ -29,6 +29,7 @@ __all__ = [
     "ScoreMLP",
     "ScaledScore",
     "at_time",
+    "functional_score",
     "ACTIVATIONS",
     "fit_score",
     "optimize",
@@ -145,6 +146,13 @@ class ScaledScore(torch.nn.Module):
     def config(self) -> dict:
         """The network's constructor arguments (the scale is a function of the path)."""
         return {"net": self.net.config() if hasattr(self.net, "config") else None}
+
+
+def functional_score(model: torch.nn.Module, params: dict[str, Tensor], x: Tensor, t: float | Tensor | None = None) -> Tensor:
+    """s(x) ``(n, d)`` with the parameters ``params`` (``torch.func.functional_call``), at time t
+    for a time-conditioned model."""
+    args = (x, t) if getattr(model, "time_conditioned", False) else (x,)
+    return torch.func.functional_call(model, params, args)
 
 
 def at_time(model: Callable, t: float | Tensor | None) -> Callable[[Tensor], Tensor]:
