@@ -276,17 +276,27 @@ class Dilation(Path):
         schedule: a name from :data:`SCHEDULES`, ``"exponential"``, or a callable σ(u).
         lam_ref: below this λ the grid steps shrink like λ² (default 0.5: π_t's curvature is then
             at most 4× π's, at step dt).
+        t_start: the paper's parametrisation π_t(x) = π(Tx/(t_start + t·(T − t_start)/T)):
+            λ₀ = t_start / t_final (give it or ``lam0``, not both).
     """
 
     def __init__(
         self,
         target: Target,
         t_final: float = 1.0,
-        lam0: float = 0.1,
+        lam0: float | None = None,
         schedule: str | Callable[[float], float] = "linear",
         lam_ref: float = 0.5,
+        t_start: float | None = None,
     ):
         super().__init__()
+        if t_start is not None:
+            if lam0 is not None:
+                raise ValueError("give lam0 or t_start (λ₀ = t_start / t_final), not both")
+            if not (isinstance(t_start, (int, float)) and 0.0 < t_start < t_final):
+                raise ValueError(f"t_start must be in (0, t_final={t_final}), got {t_start!r}")
+            lam0 = t_start / t_final
+        lam0 = 0.1 if lam0 is None else lam0
         if not (isinstance(lam0, (int, float)) and 0.0 < lam0 < 1.0):
             raise ValueError(f"lam0 must be in (0, 1) (λ(0) = 0 makes the score singular), got {lam0!r}")
         if not (isinstance(lam_ref, (int, float)) and 0.0 < lam_ref <= 1.0):

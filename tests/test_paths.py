@@ -105,3 +105,15 @@ def test_user_path_with_time_dependent_score_runs_in_both_methods():
                         **({"init_steps": 300} if method == "sbtm" else {}))
         # mean m' = t − m, m(0) = 0 ⇒ m(3) = 3 − 1 + e^{−3}
         assert float(res.particles.mean()) == pytest.approx(2 + math.exp(-3), abs=0.08)
+
+
+def test_dilation_t_start_is_the_papers_parametrisation():
+    # π(Tx/t) started at t_start: λ(0) = t_start/T, λ linear to 1 at T
+    target = sf.Gaussian(torch.zeros(2), 1.0)
+    path = sf.Dilation(target, t_final=20.0, t_start=2.0)
+    assert path.lam(0.0) == pytest.approx(0.1) and path.lam(20.0) == pytest.approx(1.0)
+    assert path.lam(10.0) == pytest.approx(0.1 + 0.9 * 0.5)
+    with pytest.raises(ValueError, match="not both"):
+        sf.Dilation(target, t_final=20.0, t_start=2.0, lam0=0.1)
+    with pytest.raises(ValueError, match="t_start"):
+        sf.Dilation(target, t_final=20.0, t_start=25.0)
