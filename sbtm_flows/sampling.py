@@ -47,7 +47,7 @@ FIXED_GRID_SOLVERS = frozenset(
 )
 #: Real stability interval [−c, 0] of each fixed-step method (for the stiffness check).
 _STABILITY = {"euler": 2.0, "midpoint": 2.0, "heun2": 2.0, "heun3": 2.51, "rk4": 2.78}
-TRAININGS = ("flow", "steps")
+TRAININGS = ("flow", "steps", "auto")
 #: method name -> runner; ``sample`` dispatches on it (other modules add entries).
 METHODS: dict[str, Callable[..., Result]] = {}
 
@@ -420,7 +420,7 @@ def run_sbtm(
     rtol: float = 1e-5,
     atol: float = 1e-6,
     solver_options: dict | None = None,
-    training: str = "flow",
+    training: str = "auto",
     eta: float | str | Callable[[float], float] = 5.0,
     score_model: torch.nn.Module | None = None,
     hidden: tuple[int, ...] = (64, 64),
@@ -461,9 +461,10 @@ def run_sbtm(
         solver: any torchdiffeq method (``heun2`` — the paper's —, ``euler``, ``rk4``,
             ``dopri5``, ``adaptive_heun``, ``bosh3``, ``dopri8``, …); rtol/atol for adaptive ones;
             ``solver_options`` passed through to torchdiffeq.
-        training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state) or ``"steps"`` (the paper's
+        training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state), ``"steps"`` (the paper's
             K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step;
-            fixed-step solvers only).
+            fixed-step solvers only) or ``"auto"`` (default: ``"steps"`` on a dilation path with a
+            fixed-step solver, ``"flow"`` otherwise; see :func:`resolve_training`).
         eta: η of the flow: a number (default 5), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.dynamics.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
@@ -522,6 +523,8 @@ def run_sbtm(
     _check_solver(solver)
     if training not in TRAININGS:
         raise ValueError(f"unknown training {training!r}; valid: {', '.join(TRAININGS)}")
+    if training == "auto":
+        training = resolve_training(target, solver, record_ntk_every)
     if training == "steps" and solver not in FIXED_GRID_SOLVERS:
         raise ValueError(
             f"training='steps' needs a fixed-step solver ({', '.join(sorted(FIXED_GRID_SOLVERS))}), got {solver!r}: the network "
@@ -569,7 +572,7 @@ def run_sbtm(
     ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
-    info: dict = {}
+    info: dict = {"training": training}
     if resumed is None:
         t_fit = time.perf_counter()
         init_score = init_target.score(x0) if init_target is not None else None
@@ -707,6 +710,15 @@ def run_sbtm(
 
 
 METHODS["sbtm"] = run_sbtm
+
+
+def resolve_training(target, solver: str, record_ntk_every: int | None = None) -> str:
+    """``training="auto"``: ``"steps"`` on a path that dilates space (one with ``scale(t)``, e.g.
+    :class:`~sbtm_flows.paths.Dilation`) with a fixed-step solver — there the coupled flow's
+    Θ-curvature grows by orders of magnitude and a fixed η goes unstable, and the default
+    network is a :class:`ScaledScore` — else ``"flow"``."""
+    dilates = callable(getattr(as_path(target), "scale", None))
+    return "steps" if dilates and solver in FIXED_GRID_SOLVERS and record_ntk_every is None else "flow"
 
 
 def _check_score_model(model, x0: Tensor, t0: float) -> None:
