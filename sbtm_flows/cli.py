@@ -62,7 +62,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dt", type=_positive_float, help="time step")
     p.add_argument("--solver", help="torchdiffeq method for SBTM (heun2, dopri5, ...)")
     p.add_argument("--sde-solver", help="torchsde method for Langevin (euler, ...)")
-    p.add_argument("--training", choices=["flow", "steps"], help="SBTM training: coupled flow or K optimizer steps per step")
+    p.add_argument("--training", choices=["flow", "steps", "auto"],
+                   help="SBTM training: coupled flow, K optimizer steps per step, or auto (steps on dilation paths)")
     p.add_argument("--eta", type=_eta, help="eta of the coupled flow: a positive number (default 5), 'auto' or 'ntk'")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
