@@ -15,7 +15,7 @@ n, t_final = (500, 5.0) if quick else (5000, 30.0)
 target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
 init = sf.Gaussian(torch.zeros(1), torch.eye(1))
 kw = dict(init=init, n=n, t_final=t_final, dt=0.01, save_every=10, seed=0, progress=True)
-sbtm = sf.sample(target, method="sbtm", **kw)
+sbtm = sf.sample(target, method="sbtm", training="steps", **kw)  # the coupled flow: training="flow"
 ula = sf.sample(target, method="ula", **kw)
 
 exact = 0.25 * 0.0227501 + 0.75 * 0.9772499  # P(x > 0) = ¼Φ(−2) + ¾Φ(2)

@@ -40,6 +40,7 @@ for k in keep.nonzero()[:, 0].tolist():
     print(f"{t:5.2f} {float(d['ntk_lambda_min'][k]):10.3g} {float(d['ntk_eta_bound'][k]):10.3g} "
           f"{float(d['ntk_eta_exact'][k]):10.3g} {float(d['ntk_eta'][k]):7.3g} {float(d['ntk_residual'][k]):10.3g} "
           f"{float(res.trajectory[k].var()):7.4f} {1 - math.exp(-2 * (t + 0.1)):7.4f}")
-out = sys.argv[1] if len(sys.argv) > 1 else "ntk_gaussian.png"
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+out = args[0] if args else "ntk_gaussian.png"
 plot_ntk(res, title="Paper 5.1: NTK diagnostics of SBTM (η = NTKEta with the exact score as reference)").savefig(out, dpi=120)
 print("wrote", out)
