@@ -27,6 +27,7 @@ import torchdiffeq
 from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
+from .checkpoint import Checkpoint, target_fingerprint
 from .diagnostics import cumulative_trapezoid, score_diagnostics
 from .dynamics import AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
@@ -849,75 +850,6 @@ def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float
 # ----------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------
-_VOLATILE = {"progress", "checkpoint", "checkpoint_every", "resume", "max_nfe"}
-
-
-def target_fingerprint(path: Path, x_like: Tensor, t0: float, t_final: float) -> list[float]:
-    """∇log π_t at 8 fixed standard-normal points (a fixed generator; dtype and device of
-    ``x_like (n, d)``) at t0 and t_final, rounded to 9 significant digits: a resume under another
-    target or path is refused because these numbers differ."""
-    g = torch.Generator().manual_seed(20241125)
-    pts = torch.randn(8, x_like.shape[1], generator=g, dtype=torch.float64).to(x_like)
-    try:
-        with torch.no_grad():
-            vals = torch.cat([path.score(pts, t0).reshape(-1), path.score(pts, t_final).reshape(-1)])
-    except Exception:  # noqa: BLE001 - a score that fails off the sample is still a valid target
-        return [float("nan")]
-    return [float(f"{v:.9g}") for v in vals.double().cpu().tolist()]
-
-
-class Checkpoint:
-    """One run's checkpoint file: its arguments and a fingerprint of its target (a resume
-    with other arguments or another target is refused), the state after the last output
-    time, the recorder and the method's extra state.
-
-    Raises:
-        ValueError: the checkpoint's folder cannot be created or written.
-    """
-
-    def __init__(self, path, config: dict, fingerprint: list[float] | None = None):
-        self.path = os.fspath(path)
-        self.config = {k: v for k, v in config.items() if k not in _VOLATILE}
-        if fingerprint is not None:
-            self.config["target_fingerprint"] = fingerprint
-        folder = os.path.dirname(os.path.abspath(self.path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"cannot create the checkpoint folder {folder!r}: {e}") from e
-        if not os.access(folder, os.W_OK):
-            raise ValueError(f"the checkpoint folder {folder!r} is not writable")
-
-    def save(self, y: Tensor, k: int, rec: Recorder, nfe: int, wall: float, info: dict, **state) -> None:
-        """Write the state after output time ``k`` atomically (``state``: the method's own
-        extra entries, e.g. the network and optimizer)."""
-        blob = {
-            "config": json.dumps(self.config, sort_keys=True),
-            "k": k,
-            "y": y.detach().cpu(),
-            "record": rec.state_dict(),
-            "nfe": nfe,
-            "wall": wall,
-            "info": json.dumps(info),
-            **state,
-        }
-        tmp = self.path + ".tmp"
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        torch.save(blob, tmp)
-        os.replace(tmp, self.path)
-
-    def load(self):
-        if not os.path.exists(self.path):
-            return None
-        blob = torch.load(self.path, map_location="cpu", weights_only=False)
-        if blob["config"] != json.dumps(self.config, sort_keys=True):
-            saved = json.loads(blob["config"])
-            diff = sorted(k for k in set(saved) | set(self.config) if json.dumps(saved.get(k)) != json.dumps(self.config.get(k)))
-            what = ["a different target/path" if k == "target_fingerprint" else k for k in diff]
-            raise ValueError(f"checkpoint {self.path} was written by a run with different arguments: {', '.join(what)}")
-        return blob
-
-
 def _sbtm_state(dyn, training: str, monitor=None) -> dict:
     """What an SBTM checkpoint needs beyond the state vector: probes, generators, the
     stiffness monitor and, for ``training="steps"``, the network and its optimizer."""

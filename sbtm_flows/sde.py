@@ -32,13 +32,13 @@ from torch import Tensor
 from torchsde._core import methods as _tsde_methods
 from torchsde.settings import METHODS as _TSDE_METHODS
 
+from .checkpoint import Checkpoint, target_fingerprint
 from .dynamics import particle_rates
 from .errors import SamplingError
 from .paths import Path, as_path
 from .result import Result
 from .sampling import (
     METHODS,
-    Checkpoint,
     Recorder,
     _config_of,
     drive,
@@ -46,7 +46,6 @@ from .sampling import (
     prepare_run,
     restore_record,
     splitmix64,
-    target_fingerprint,
 )
 
 __all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs", "chunk_entropy"]
