@@ -105,6 +105,8 @@ def _curve_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _common_metrics(sbtm: Result, ula: Result) -> dict:
     return {
+        "sbtm_training": sbtm.info.get("training"),
+        "sbtm_solver": sbtm.info.get("solver"),
         "sbtm_wall_time_s": sbtm.wall_time,
         "sbtm_nfe": sbtm.nfe,
         "ula_wall_time_s": ula.wall_time,
@@ -295,12 +297,13 @@ class Experiment:
     quick: dict = field(default_factory=dict)
 
 
-_BASE = dict(solver="heun2", sde_solver="euler", training="flow", seed=0, device="cpu", eta=5.0, holdout=1000)
+#: solver None: the flow's default, "rkc" (stable for any η·λ_max·dt), heun2 for training="steps"
+_BASE = dict(solver=None, sde_solver="euler", training="flow", seed=0, device="cpu", eta=10.0, holdout=1000)
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
         Experiment("gaussian-1d", "5.1", "N(0,1) from N(0, 1-e^-0.2): exact Fokker-Planck solution (Figs 1, 2)", gaussian_1d,
-                   dict(_BASE, n=1000, t_final=2.0, dt=0.01, save_every=1), dict(n=400, t_final=1.0, dt=0.01, save_every=2, holdout=200)),
+                   dict(_BASE, n=1000, t_final=2.0, dt=0.01, save_every=1, eta=5.0), dict(n=400, t_final=1.0, dt=0.01, save_every=2, holdout=200)),
         Experiment("mixture-1d", "5.2", "1/4 N(-2,1) + 3/4 N(2,1) from N(0,1) (Fig 3)", mixture_1d,
                    dict(_BASE, training="steps", n=5000, t_final=30.0, dt=0.01, save_every=10),
                    dict(n=400, t_final=3.0, dt=0.01, save_every=5, holdout=200)),

@@ -25,7 +25,6 @@ from typing import Any, Callable
 import torch
 import torchdiffeq
 from torch import Tensor
-from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
 from .checkpoint import Checkpoint, target_fingerprint
 from .diagnostics import cumulative_trapezoid, score_diagnostics
@@ -34,6 +33,7 @@ from .errors import SamplingError
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
 from .result import Result
+from .rkc import TORCHDIFFEQ_SOLVERS, SpectralRadius
 from .score import ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
 from .targets import Gaussian, Target, check_particles
 
@@ -42,9 +42,9 @@ __all__ = [
 ]
 
 #: torchdiffeq's registry: method name -> solver class.
-SOLVERS: dict[str, type] = {k: v for k, v in _TORCHDIFFEQ_SOLVERS.items() if k != "scipy_solver"}
+SOLVERS: dict[str, type] = {k: v for k, v in TORCHDIFFEQ_SOLVERS.items() if k != "scipy_solver"}
 FIXED_GRID_SOLVERS = frozenset(
-    {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"}
+    {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams", "rkc"}
 )
 #: Real stability interval [−c, 0] of each fixed-step method (for the stiffness check).
 _STABILITY = {"euler": 2.0, "midpoint": 2.0, "heun2": 2.0, "heun3": 2.51, "rk4": 2.78}
@@ -417,7 +417,7 @@ def run_sbtm(
     t0: float = 0.0,
     t_final: float = 1.0,
     dt: float = 0.01,
-    solver: str = "heun2",
+    solver: str | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-6,
     solver_options: dict | None = None,
@@ -460,8 +460,10 @@ def run_sbtm(
         t0, t_final: time interval; dt: step of fixed-step solvers (and the output spacing
             unit: outputs every ``save_every`` steps, or at ``times``).
         solver: any torchdiffeq method (``heun2`` — the paper's —, ``euler``, ``rk4``,
-            ``dopri5``, ``adaptive_heun``, ``bosh3``, ``dopri8``, …); rtol/atol for adaptive ones;
-            ``solver_options`` passed through to torchdiffeq.
+            ``dopri5``, ``adaptive_heun``, ``bosh3``, ``dopri8``, …) or ``"rkc"``
+            (:mod:`sbtm_flows.rkc`, stabilised explicit with its stage count picked per step);
+            default (``None``): ``"rkc"`` for the flow, ``"heun2"`` for the discrete training;
+            rtol/atol for adaptive ones; ``solver_options`` passed through to torchdiffeq.
         training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state), ``"steps"`` (the paper's
             K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step;
             fixed-step solvers only) or ``"auto"`` (default: ``"steps"`` on a dilation path with a
@@ -521,11 +523,14 @@ def run_sbtm(
     args.pop("target")
     args.pop("score_model")
     # ---- validation ---------------------------------------------------------------
-    _check_solver(solver)
+    if solver is not None:
+        _check_solver(solver)
     if training not in TRAININGS:
         raise ValueError(f"unknown training {training!r}; valid: {', '.join(TRAININGS)}")
     if training == "auto":
         training = resolve_training(target, solver, record_ntk_every)
+    if solver is None:
+        solver = default_solver(training)
     if training == "steps" and solver not in FIXED_GRID_SOLVERS:
         raise ValueError(
             f"training='steps' needs a fixed-step solver ({', '.join(sorted(FIXED_GRID_SOLVERS))}), got {solver!r}: the network "
@@ -573,7 +578,7 @@ def run_sbtm(
     ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
-    info: dict = {"training": training}
+    info: dict = {"training": training, "solver": solver}
     if resumed is None:
         t_fit = time.perf_counter()
         init_score = init_target.score(x0) if init_target is not None else None
@@ -599,14 +604,15 @@ def run_sbtm(
                                             _STABILITY.get(solver, 2.0), generator=gen, t=t0)
         info["ntk_eta_ceiling"] = dyn.eta.ceiling
     monitor = None
-    if training == "flow":
+    spectral = _spectral_estimator(solver, solver_options, gen, resumed)
+    if training == "flow" and spectral is None:
         # the pre-run check is at t0, so it takes the step at t0 (a λ-aware grid starts with
         # small steps where the curvature is large; the monitor checks each later step's own h)
         h = float(grid[1] - grid[0]) if fixed else dt
         if isinstance(eta, AutoEta):
             monitor = StiffnessMonitor(dyn, solver, _STABILITY.get(solver, 2.0), every=20, iters=3, generator=gen, auto=eta)
         elif stiffness_check and solver in _STABILITY:
-            monitor = StiffnessMonitor(dyn, solver, _STABILITY[solver], generator=gen)
+            monitor = StiffnessMonitor(dyn, solver, _STABILITY[solver], every=20, generator=gen)
         if resumed is not None and monitor is not None:
             monitor.load_state_dict(resumed["monitor"])
         elif resumed is None and (stiffness_check or monitor is not None):
@@ -652,11 +658,13 @@ def run_sbtm(
     def advance(y, i0, i1):
         ts = grid[i0 : i1 + 1] if fixed else grid[[i0, i1]]
         options = dict(solver_options or {})
+        if spectral is not None:
+            options["spectral"] = spectral
         return odeint_chunk(dyn, y, ts, solver, rtol, atol, options)
 
     def save_ckpt(y, k, stopped):
         ckpt.save(y, k, rec, dyn.nfe, time.perf_counter() - t_start + wall0, info, stopped=stopped,
-                  **_sbtm_state(dyn, training, monitor))
+                  **_sbtm_state(dyn, training, monitor), spectral=None if spectral is None else spectral.state_dict())
 
     t_start = time.perf_counter()
     if resumed is None:
@@ -675,6 +683,8 @@ def run_sbtm(
         info["stopped"] = f"F^n = {rec.diags['fisher'][-1]:.4g} < stop_fisher = {stop_fisher} at t = {rec.times[-1]:.6g}"
     if training == "steps":
         info["train_steps"] = dyn.train_steps
+    if spectral is not None:
+        info["rkc"] = spectral.summary()
     if monitor is not None and monitor.max_z > 0:
         info["stiffness"] = {"max_eta_lambda_dt": monitor.max_z, "at_t": monitor.t_max_z, "solver_limit": monitor.limit}
     if track_logdensity and log_target is None:
@@ -713,13 +723,21 @@ def run_sbtm(
 METHODS["sbtm"] = run_sbtm
 
 
-def resolve_training(target, solver: str, record_ntk_every: int | None = None) -> str:
+def default_solver(training: str) -> str:
+    """The solver used when none is named: ``"rkc"`` for the coupled flow (stable by
+    construction whatever η·λ_max(∇²_Θ L)·dt becomes), ``"heun2"`` (the paper's) for the
+    discrete training, whose right-hand side is the particle velocity alone."""
+    return "rkc" if training == "flow" else "heun2"
+
+
+def resolve_training(target, solver: str | None, record_ntk_every: int | None = None) -> str:
     """``training="auto"``: ``"steps"`` on a path that dilates space (one with ``scale(t)``, e.g.
     :class:`~sbtm_flows.paths.Dilation`) with a fixed-step solver — there the coupled flow's
     Θ-curvature grows by orders of magnitude and a fixed η goes unstable, and the default
     network is a :class:`ScaledScore` — else ``"flow"``."""
     dilates = callable(getattr(as_path(target), "scale", None))
-    return "steps" if dilates and solver in FIXED_GRID_SOLVERS and record_ntk_every is None else "flow"
+    fixed = solver is None or solver in FIXED_GRID_SOLVERS
+    return "steps" if dilates and fixed and record_ntk_every is None else "flow"
 
 
 def _check_score_model(model, x0: Tensor, t0: float) -> None:
@@ -809,6 +827,21 @@ def holdout_particles(init_target, m: int, gen: torch.Generator, x0: Tensor, tra
     if not torch.isfinite(x).all():
         raise ValueError(f"init.sample(holdout={m}) returned NaN/inf")
     return x, (initial_log_density(init_target, x) if track_logdensity else None)
+
+
+def _spectral_estimator(solver: str, solver_options: dict | None, gen: torch.Generator, resumed: dict | None):
+    """For ``solver="rkc"``: the :class:`~sbtm_flows.rkc.SpectralRadius` that picks its stage
+    counts (``solver_options["spectral"]`` if given, else a default one whose first direction is
+    drawn from a generator derived from the run's seed, so the training stream is unchanged),
+    restored from ``resumed``; ``None`` for other solvers."""
+    if solver != "rkc":
+        return None
+    spectral = (solver_options or {}).get("spectral")
+    if spectral is None:
+        spectral = SpectralRadius(generator=torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x5BD1E995)))
+    if resumed is not None and resumed.get("spectral") is not None:
+        spectral.load_state_dict(resumed["spectral"])
+    return spectral
 
 
 def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float, t_final: float, gen,
