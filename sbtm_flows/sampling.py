@@ -529,9 +529,7 @@ def run_sbtm(
         raise ValueError(f"unknown training {training!r}; valid: {', '.join(TRAININGS)}")
     if training == "auto":
         training = resolve_training(target, solver, record_ntk_every)
-    if solver is None:
-        solver = default_solver(training)
-    if training == "steps" and solver not in FIXED_GRID_SOLVERS:
+    if training == "steps" and solver is not None and solver not in FIXED_GRID_SOLVERS:
         raise ValueError(
             f"training='steps' needs a fixed-step solver ({', '.join(sorted(FIXED_GRID_SOLVERS))}), got {solver!r}: the network "
             "is trained between steps, and an adaptive solver reuses the previous step's last derivative (computed before "
@@ -547,6 +545,8 @@ def run_sbtm(
     if record_ntk_every is not None and training != "flow":
         raise ValueError(f"record_ntk_every needs training='flow', got training={training!r}")
     eta = _resolve_eta(eta)
+    if solver is None:
+        solver = default_solver(training, eta)
     holdout = check_holdout(holdout)
     fixed = solver in FIXED_GRID_SOLVERS
     path, gen, x0, init_target, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
@@ -723,11 +723,12 @@ def run_sbtm(
 METHODS["sbtm"] = run_sbtm
 
 
-def default_solver(training: str) -> str:
+def default_solver(training: str, eta=None) -> str:
     """The solver used when none is named: ``"rkc"`` for the coupled flow (stable by
     construction whatever η·λ_max(∇²_Θ L)·dt becomes), ``"heun2"`` (the paper's) for the
-    discrete training, whose right-hand side is the particle velocity alone."""
-    return "rkc" if training == "flow" else "heun2"
+    discrete training, whose right-hand side is the particle velocity alone, and for
+    ``eta="auto"`` (an :class:`AutoEta` sizes η to heun2's stability limit instead)."""
+    return "rkc" if training == "flow" and not isinstance(eta, AutoEta) else "heun2"
 
 
 def resolve_training(target, solver: str | None, record_ntk_every: int | None = None) -> str:
