@@ -104,8 +104,10 @@ REJECT_VALUE = 1e15
 
 _STIFF_HINT = (
     "the coupled X/Θ system is probably stiff (η times the largest curvature of the loss in Θ "
-    "exceeds the solver's stability limit 2/dt): lower eta, lower dt, or use an adaptive solver "
-    "such as solver='dopri5'"
+    "exceeds the solver's stability limit 2/dt): use solver='rkc' (the flow's default, stable for any "
+    "η·λ_max·dt), lower eta or dt, or an adaptive solver such as solver='dopri5'. If the solver already "
+    "was 'rkc', the curvature grew faster than its spectral estimate follows (e.g. on a dilation path) or "
+    "the flow itself diverges: lower eta, or use training='steps'"
 )
 
 

@@ -207,9 +207,10 @@ def _exact_f_T(target, init, t_final: float, x_max: float, m: dict, ax) -> None:
 def mixture_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     """§5.2: π = ¼N(−2,1) + ¾N(2,1) from f_0 = N(0,1).
 
-    SBTM uses the discrete training: with it P(X_30 > 0) = 0.7360 equals the exact law's
-    (Fokker–Planck grid solution), eq. (4.1)'s two sides agree to 6 % and ESS = 0.989; the
-    coupled flow at η = 5 runs at heun2's edge of stability here (0.7312, 40 %, 0.95)."""
+    SBTM is the coupled flow (η = 10, solver rkc); ``training="steps"`` (the paper's discrete
+    algorithm) gives P(X_30 > 0) = 0.7360, the exact law's (Fokker–Planck grid solution), with
+    eq. (4.1)'s two sides agreeing to 6 %; the flow with heun2 at η = 5 ran at heun2's edge of
+    stability (0.7312, 40 %) and now stops with a SamplingError (README, η and stiffness)."""
     target = make_target("mixture1d")
     sbtm, ula = _run_pair(target, _std_normal(1), cfg, progress)
     m = _common_metrics(sbtm, ula)
@@ -228,10 +229,10 @@ def mixture_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
 def geometric_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     """§5.3: π = ¼N(−4,1) + ¾N(4,1), geometric path from f_0 = N(0,1) over [0, t_final].
 
-    SBTM uses the discrete training here: the coupled flow with a fixed η trains the network
-    with a lag behind the moving π_t, which biases the mass split (P(x > 0) = 0.566 with η = 5
-    against 0.595 for the exact annealed law f_T from the Fokker–Planck grid solution; the
-    discrete training gives 0.595)."""
+    SBTM is the coupled flow (η = 10, solver rkc: P(x > 0) = 0.587 at n = 5000 against 0.5951 for
+    the exact annealed law f_T from the Fokker–Planck grid solution; the discrete training gives
+    0.595).  With heun2 at η = 5 the flow ran at the edge of stability and lagged the moving π_t
+    (0.566)."""
     from .paths import Geometric
 
     target = make_target("mixture1d-far")
@@ -305,10 +306,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("gaussian-1d", "5.1", "N(0,1) from N(0, 1-e^-0.2): exact Fokker-Planck solution (Figs 1, 2)", gaussian_1d,
                    dict(_BASE, n=1000, t_final=2.0, dt=0.01, save_every=1, eta=5.0), dict(n=400, t_final=1.0, dt=0.01, save_every=2, holdout=200)),
         Experiment("mixture-1d", "5.2", "1/4 N(-2,1) + 3/4 N(2,1) from N(0,1) (Fig 3)", mixture_1d,
-                   dict(_BASE, training="steps", n=5000, t_final=30.0, dt=0.01, save_every=10),
+                   dict(_BASE, n=5000, t_final=30.0, dt=0.01, save_every=10),
                    dict(n=400, t_final=3.0, dt=0.01, save_every=5, holdout=200)),
         Experiment("geometric-1d", "5.3", "1/4 N(-4,1) + 3/4 N(4,1), geometric annealing (Fig 4)", geometric_1d,
-                   dict(_BASE, training="steps", n=5000, t_final=10.0, dt=0.01, save_every=5),
+                   dict(_BASE, n=5000, t_final=10.0, dt=0.01, save_every=5),
                    dict(n=400, t_final=2.0, dt=0.01, save_every=5, holdout=200)),
         Experiment("dilation-2d", "5.4", "16-mode grid mixture, dilation annealing (Figs 5, 6)", dilation_2d,
                    dict(_BASE, training="steps", n=4000, t_final=20.0, dt=0.01, lam0=0.1, save_every=20, holdout=0),

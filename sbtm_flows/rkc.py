@@ -119,9 +119,11 @@ class SpectralRadius:
     by the nonlinear power method on finite differences, warm-started.
 
     Every ``every`` steps (and at the first): ``iters`` iterations (``first_iters`` the first
-    time) of w = (F(t, y + δv) − F(t, y))/δ, ρ = ‖w‖, v ← w/‖w‖ (‖v‖ = 1), with
+    time; more, up to ``max_iters``, until ρ changes by less than 5 %) of w = (F(t, y + δv) − F(t, y))/δ, ρ = ‖w‖, v ← w/‖w‖ (‖v‖ = 1), with
     δ = √eps·max(‖y‖, 1).
-    Between refreshes the last ρ is used.  Also records the largest ρ·h and stage count seen.
+    Between refreshes the last ρ is used; a refresh lowers it by at most the factor ``decay``.
+    A refresh also comes early when ‖F(t, y)‖ at a step's start exceeds 1.5× the previous step's
+    (a stiff mode that has begun to grow, or a spectrum moving faster than ``every`` steps).  Also records the largest ρ·h and stage count seen.
 
     Args:
         every: steps between refreshes; iters / first_iters: power iterations per refresh.
@@ -130,18 +132,21 @@ class SpectralRadius:
         generator: draws the first direction (so runs are reproducible).
     """
 
-    def __init__(self, every: int = 10, iters: int = 2, first_iters: int = 12, safety: float = 1.2, max_stages: int = 200,
-                 generator: torch.Generator | None = None):
+    def __init__(self, every: int = 10, iters: int = 2, first_iters: int = 20, safety: float = 1.2, max_stages: int = 200,
+                 generator: torch.Generator | None = None, max_iters: int = 10, decay: float = 0.8):
         for name, v in (("every", every), ("iters", iters), ("first_iters", first_iters), ("max_stages", max_stages)):
             if int(v) < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if not safety >= 1.0:
             raise ValueError(f"safety must be >= 1, got {safety}")
         self.every, self.iters, self.first_iters = int(every), int(iters), int(first_iters)
+        if not 0 <= decay <= 1:
+            raise ValueError(f"decay must be in [0, 1], got {decay}")
         self.safety, self.max_stages, self.generator = float(safety), int(max_stages), generator
+        self.max_iters, self.decay = max(int(max_iters), self.iters), float(decay)
         self.v: Tensor | None = None
         self.rho = float("nan")
-        self.steps = 0
+        self.steps, self.last_refresh, self.f_norm = 0, -(10**18), math.inf
         self.evaluations = 0
         self.max_rho_h, self.max_stages_used, self.t_max = 0.0, 0, float("nan")
         self.stage_total = 0
@@ -149,6 +154,7 @@ class SpectralRadius:
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue bitwise."""
         return {"v": None if self.v is None else self.v.cpu(), "rho": self.rho, "steps": self.steps,
+                "last_refresh": self.last_refresh, "f_norm": self.f_norm,
                 "evaluations": self.evaluations, "max_rho_h": self.max_rho_h, "max_stages_used": self.max_stages_used,
                 "t_max": self.t_max, "stage_total": self.stage_total}
 
@@ -172,8 +178,9 @@ class SpectralRadius:
             v = self.v.to(y)
         eps = torch.finfo(y.dtype).eps
         delta = math.sqrt(eps) * max(float(y.norm()), 1.0)
-        rho = 0.0
-        for _ in range(self.first_iters if first else self.iters):
+        rho, k = 0.0, 0
+        while k < (self.first_iters if first else self.iters) or (k < self.max_iters and abs(rho - rho_prev) > 0.05 * rho):
+            rho_prev, k = rho, k + 1
             nv = float(v.norm())
             if not (nv > 0 and math.isfinite(nv)):  # a lost direction: start afresh
                 v = torch.randn(y.shape, generator=self.generator, dtype=torch.float64).to(y)
@@ -185,7 +192,9 @@ class SpectralRadius:
                 break
             rho, v = rho_new, dv / max(float(dv.norm()), 1e-300)
         self.v = v.detach()
-        self.rho = rho
+        # the power method approaches ρ from below, and a direction warm-started from a spectrum
+        # that has since moved can read low: let the estimate fall by at most `decay` per refresh
+        self.rho = rho if first or not math.isfinite(self.rho) else max(rho, self.decay * self.rho)
         return self.rho
 
     def stages(self, func, t: Tensor, y: Tensor, f0: Tensor, h: float) -> int:
@@ -193,8 +202,12 @@ class SpectralRadius:
 
         Raises:
             SamplingError: more than ``max_stages`` stages would be needed."""
-        if self.steps % self.every == 0 or not math.isfinite(self.rho):
+        fn = float(f0.norm())
+        # refresh when due, or early when ‖F‖ jumped (a stiff mode growing, or the spectrum moving fast)
+        if self.steps - self.last_refresh >= self.every or not math.isfinite(self.rho) or fn > 1.5 * self.f_norm:
             self.refresh(func, t, y, f0)
+            self.last_refresh = self.steps
+        self.f_norm = fn
         self.steps += 1
         z = self.rho * abs(h)
         s = rkc_stages(z, self.safety)

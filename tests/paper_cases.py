@@ -41,6 +41,20 @@ def mixture_52(method: str, n: int = 5000, t_final: float = 30.0, dt: float = 0.
     return {"frac_pos": float((res.particles[:, 0] > 0).double().mean()), "wall": wall, "result": res}
 
 
+def exact_f_T_52(t_final: float = 30.0) -> float:
+    """P(X_T > 0) under the exact law f_T of §5.2 (1-D Fokker–Planck grid solution): 0.7360 at T = 30."""
+    target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
+    init = sf.Gaussian(torch.zeros(1), 1.0)
+    return sf.fokker_planck_1d(target, init.log_prob, t_final, dt=2e-3, x_max=12.0, m=2400).prob(lambda x: x > 0)
+
+
+def eq41_gap(res) -> float:
+    """Relative L2 difference of eq. (4.1)'s two sides over a run: ‖D_learned − D‖/‖D‖ with D
+    the diagnostics ``dissipation`` (exact score) and D_learned ``dissipation_learned``."""
+    d = res.diagnostics
+    return float((d["dissipation_learned"] - d["dissipation"]).norm() / d["dissipation"].norm())
+
+
 def exact_frac_52() -> float:
     """P_π(x > 0) = ¼Φ(−2) + ¾Φ(2) for §5.2's mixture."""
     phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))

@@ -85,6 +85,25 @@ def test_52_paper(method):
     assert abs(out["frac_pos"] - P.exact_frac_52()) < 0.025
 
 
+def test_52_quick_flow():
+    # the coupled flow (default solver rkc, η = 10) on a shorter run (T = 5, n = 400, dt = 0.02)
+    # against the exact f_5 (Fokker–Planck grid); one sd of a fraction at n = 400 is 0.023.
+    # Full run (slow test below): 0.02 and 10 %
+    out = P.mixture_52("sbtm", n=400, t_final=5.0, dt=0.02, eta=10.0)
+    res = out["result"]
+    assert res.info["training"] == "flow" and res.info["solver"] == "rkc"
+    assert abs(out["frac_pos"] - P.exact_f_T_52(5.0)) < 0.06, out["frac_pos"]
+    assert P.eq41_gap(res) < 0.25, P.eq41_gap(res)
+
+
+@pytest.mark.slow
+def test_52_paper_flow():
+    out = P.mixture_52("sbtm", n=5000, dt=0.01, eta=10.0)
+    exact, gap = P.exact_f_T_52(30.0), P.eq41_gap(out["result"])
+    print(f"5.2 flow: frac(x>0) = {out['frac_pos']:.4f} (exact f_30 {exact:.4f}), eq. (4.1) gap {gap:.3f}, wall {out['wall']:.0f}s")
+    assert abs(out["frac_pos"] - exact) < 0.02 and gap < 0.10
+
+
 # ----------------------------------------------------------------------------------------
 # §5.3: ¼N(−4,1) + ¾N(4,1), geometric path, t_final = 10
 # ----------------------------------------------------------------------------------------
@@ -110,6 +129,24 @@ def test_53_paper():
           f"exact {exact:.4f}")
     assert abs(s["frac_pos"] - u["frac_pos"]) < 0.03
     assert abs(s["frac_pos"] - exact) < 0.02 and abs(u["frac_pos"] - exact) < 0.02
+
+
+def test_53_quick_flow():
+    # the coupled flow (rkc, η = 10) on a shorter geometric path (T = 4, n = 600, dt = 0.02)
+    # against that path's exact annealed law; full run (slow test below): within 0.02 of 0.5951
+    exact = P.geometric_53_exact(4.0)
+    s = P.geometric_53("sbtm", n=600, t_final=4.0, dt=0.02, eta=10.0, training="flow")
+    assert s["result"].info["solver"] == "rkc"
+    assert abs(s["frac_pos"] - exact) < 0.06, (s["frac_pos"], exact)
+
+
+@pytest.mark.slow
+def test_53_paper_flow():
+    # measured (seed 0): 0.5874 against 0.5951 (heun2 at η = 5, at its edge of stability: 0.566)
+    exact = P.geometric_53_exact()
+    s = P.geometric_53("sbtm", n=5000, eta=10.0, training="flow")
+    print(f"5.3 flow: frac(x>0) {s['frac_pos']:.4f} (exact {exact:.4f}), wall {s['wall']:.0f}s, {s['result'].info['rkc']}")
+    assert abs(s["frac_pos"] - exact) < 0.02
 
 
 # ----------------------------------------------------------------------------------------

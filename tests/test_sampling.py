@@ -91,9 +91,11 @@ def test_heun_and_dopri5_agree(capsys):
 def test_stiff_eta_is_refused_or_solved_never_nan():
     kw = dict(init=INIT_51, n=200, t_final=0.2, dt=0.01, seed=0)
     with pytest.raises(sf.SamplingError, match="stiff"):
-        sf.sample(TARGET_51, eta=1000.0, **kw)
+        sf.sample(TARGET_51, eta=1000.0, solver="heun2", **kw)
     with pytest.raises(sf.SamplingError, match="stiff"):
-        sf.sample(TARGET_51, eta=1000.0, stiffness_check=False, **kw)
+        sf.sample(TARGET_51, eta=1000.0, solver="heun2", stiffness_check=False, **kw)
+    with pytest.raises(sf.SamplingError, match="stiff"):  # rkc: beyond max_stages
+        sf.sample(TARGET_51, eta=1000.0, **kw)
     # adaptive: completes with small steps (and warns), or stops on max_nfe with a clear error
     with pytest.warns(RuntimeWarning, match="stiff"):
         try:
