@@ -191,3 +191,14 @@ def test_dw4_energy_symmetries_and_centroid_factor():
     moved = (centred.reshape(20, 4, 2) + shift).reshape(20, 8)
     torch.testing.assert_close(tgt.log_prob(moved) - tgt.log_prob(centred), torch.full((20,), -0.5 * 5 / 0.25, dtype=D64))
     assert tgt.pair_distances(x).shape == (1, 6)
+
+
+def test_cli_samples_a_benchmark_target_by_name(tmp_path):
+    import json
+
+    from sbtm_flows.cli import main
+
+    argv = ["sample", "--target", "dw4", "--method", "ula", "--n", "20", "--t-final", "0.02", "--dt", "0.01", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["target"] == "dw4" and len(summary["mean"]) == 8 and summary["n"] == 20
