@@ -12,6 +12,8 @@ from sbtm_flows.targets import (
     ManyWell,
     ParticleDoubleWell,
     StudentTMixture,
+    Target,
+    autograd_laplacian,
     autograd_score,
     gmm25,
     gmm40,
@@ -41,6 +43,9 @@ def test_score_is_autograd_of_log_prob(name):
     x = _points(tgt)
     torch.testing.assert_close(tgt.score(x), autograd_score(tgt.log_prob, x), rtol=1e-9, atol=1e-9)
     assert tgt.log_prob(x).shape == (64,) and torch.isfinite(tgt.log_prob(x)).all()
+    if type(tgt).laplacian is not Target.laplacian:  # an analytic Laplacian: against autograd of the score
+        x = x[:16]
+        torch.testing.assert_close(tgt.laplacian(x), autograd_laplacian(lambda y: autograd_score(tgt.log_prob, y), x), rtol=1e-6, atol=1e-6)
 
 
 def test_registry_and_declared_facts():
