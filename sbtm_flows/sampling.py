@@ -31,6 +31,7 @@ from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .diagnostics import cumulative_trapezoid, score_diagnostics
 from .dynamics import AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
+from .guards import check_target_finite
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
 from .result import Result
@@ -625,6 +626,7 @@ def run_sbtm(
     def record(y, k) -> bool:
         t = float(grid[out_idx[k]])
         x, theta, fn = state_parts(y, t)
+        check_target_finite(path, x, t)
         diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x))
         logd = dyn.log_density(y)
         xh, logdh = dyn.split_holdout(y) if holdout else (None, None)

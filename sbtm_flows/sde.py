@@ -35,6 +35,7 @@ from torchsde.settings import METHODS as _TSDE_METHODS
 from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .dynamics import particle_rates
 from .errors import SamplingError
+from .guards import check_target_finite
 from .paths import Path, as_path
 from .result import Result
 from .sampling import (
@@ -231,11 +232,13 @@ def run_ula(
 
     if resumed is None:
         y, rec, start, wall0 = x0, Recorder(), 0, 0.0
+        check_target_finite(path, x0, float(grid[out_idx[0]]))
         rec.add(float(grid[out_idx[0]]), x0)
     else:
         y, rec, start, sde.nfe, wall0, _ = restore_record(resumed, device, dtype)
 
     def record(y: Tensor, k: int) -> bool:
+        check_target_finite(path, y, float(grid[out_idx[k]]))
         rec.add(float(grid[out_idx[k]]), y)
         return False
 
