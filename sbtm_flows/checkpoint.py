@@ -45,8 +45,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .files import atomic_write
+
 __all__ = [
-    "Checkpoint", "CheckpointError", "fingerprint", "target_fingerprint", "check_resume", "atomic_write", "VOLATILE",
+    "Checkpoint", "CheckpointError", "fingerprint", "target_fingerprint", "check_resume", "VOLATILE",
 ]
 
 #: Arguments that do not change what a run computes (left out of the fingerprint).
@@ -219,44 +221,6 @@ def target_fingerprint(path, x_like: Tensor, t0: float, t_final: float) -> list[
 # ----------------------------------------------------------------------------------------
 # Files: atomic writes and the lock
 # ----------------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is never a partial file: write
-    ``<path>.tmp``, flush and fsync it, rename it over ``path``, fsync the folder.
-
-    Raises:
-        OSError: the write failed (disk full, unwritable); ``<path>.tmp`` is removed and
-            ``path`` keeps its previous content. The message names the file.
-    """
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise OSError(e.errno, f"cannot write {path!r}: {e.strerror or e}") from e
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
