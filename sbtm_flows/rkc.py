@@ -178,7 +178,7 @@ class SpectralRadius:
             v = self.v.to(y)
         eps = torch.finfo(y.dtype).eps
         delta = math.sqrt(eps) * max(float(y.norm()), 1.0)
-        rho, k = 0.0, 0
+        rho, rho_prev, k = 0.0, 0.0, 0
         while k < (self.first_iters if first else self.iters) or (k < self.max_iters and abs(rho - rho_prev) > 0.05 * rho):
             rho_prev, k = rho, k + 1
             nv = float(v.norm())
