@@ -122,8 +122,10 @@ class SpectralRadius:
     time; more, up to ``max_iters``, until ρ changes by less than 5 %) of w = (F(t, y + δv) − F(t, y))/δ, ρ = ‖w‖, v ← w/‖w‖ (‖v‖ = 1), with
     δ = √eps·max(‖y‖, 1).
     Between refreshes the last ρ is used; a refresh lowers it by at most the factor ``decay``.
-    A refresh also comes early when ‖F(t, y)‖ at a step's start exceeds 1.5× the previous step's
-    (a stiff mode that has begun to grow, or a spectrum moving faster than ``every`` steps).  Also records the largest ρ·h and stage count seen.
+    While ρ grows (rate g per step, from the last two refreshes) it is extrapolated, ρ·g^k k steps
+    after a refresh, and the next refresh comes as soon as g^k > 1.1 (on §5.3 at T = 4 ρ grows
+    8 % per step).  A refresh also comes early when ‖F(t, y)‖ at a step's start exceeds 1.5× the
+    previous step's (a stiff mode that has begun to grow).  Also records the largest ρ·h and stage count seen.
 
     Args:
         every: steps between refreshes; iters / first_iters: power iterations per refresh.
@@ -146,7 +148,7 @@ class SpectralRadius:
         self.max_iters, self.decay = max(int(max_iters), self.iters), float(decay)
         self.v: Tensor | None = None
         self.rho = float("nan")
-        self.steps, self.last_refresh, self.f_norm = 0, -(10**18), math.inf
+        self.steps, self.last_refresh, self.f_norm, self.growth = 0, -(10**18), math.inf, 1.0
         self.evaluations = 0
         self.max_rho_h, self.max_stages_used, self.t_max = 0.0, 0, float("nan")
         self.stage_total = 0
@@ -154,7 +156,7 @@ class SpectralRadius:
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue bitwise."""
         return {"v": None if self.v is None else self.v.cpu(), "rho": self.rho, "steps": self.steps,
-                "last_refresh": self.last_refresh, "f_norm": self.f_norm,
+                "last_refresh": self.last_refresh, "f_norm": self.f_norm, "growth": self.growth,
                 "evaluations": self.evaluations, "max_rho_h": self.max_rho_h, "max_stages_used": self.max_stages_used,
                 "t_max": self.t_max, "stage_total": self.stage_total}
 
@@ -203,17 +205,24 @@ class SpectralRadius:
         Raises:
             SamplingError: more than ``max_stages`` stages would be needed."""
         fn = float(f0.norm())
-        # refresh when due, or early when ‖F‖ jumped (a stiff mode growing, or the spectrum moving fast)
-        if self.steps - self.last_refresh >= self.every or not math.isfinite(self.rho) or fn > 1.5 * self.f_norm:
+        k = self.steps - self.last_refresh
+        # refresh when due: every `every` steps, sooner while ρ grows fast (predicted growth
+        # since the last refresh > 10 %), or when ‖F‖ jumped (a stiff mode growing)
+        due = k >= self.every or self.growth**k > 1.1 or not math.isfinite(self.rho) or fn > 1.5 * self.f_norm
+        if due:
+            rho_old = self.rho
             self.refresh(func, t, y, f0)
-            self.last_refresh = self.steps
+            if math.isfinite(rho_old) and rho_old > 0 and k > 0:
+                self.growth = max(1.0, self.rho / rho_old) ** (1.0 / k)
+            self.last_refresh, k = self.steps, 0
         self.f_norm = fn
         self.steps += 1
-        z = self.rho * abs(h)
+        rho = self.rho * self.growth**k  # extrapolated between refreshes while ρ grows
+        z = rho * abs(h)
         s = rkc_stages(z, self.safety)
         if s > self.max_stages:
             raise SamplingError(
-                f"solver 'rkc': the right-hand side's spectral radius is ρ = {self.rho:.4g} at t = {float(t):.6g}, so a step "
+                f"solver 'rkc': the right-hand side's spectral radius is ρ = {rho:.4g} at t = {float(t):.6g}, so a step "
                 f"of {abs(h):.3g} needs {s} > max_stages = {self.max_stages} stages: the coupled system is extremely stiff. "
                 "Lower eta (the network's rate), lower dt, or raise max_stages in solver_options",
                 t=float(t),

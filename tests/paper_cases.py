@@ -75,10 +75,11 @@ def geometric_53_exact(t_final: float = 10.0) -> float:
 
 
 def geometric_53(method: str, n: int = 5000, t_final: float = 10.0, dt: float = 0.01, seed: int = 0, eta=5.0,
-                 training: str = "steps") -> dict:
-    """§5.3: π = ¼N(−4,1) + ¾N(4,1), geometric path from f_0 = N(0,1); fraction with x > 0."""
+                 training: str = "steps", **sbtm_kw) -> dict:
+    """§5.3: π = ¼N(−4,1) + ¾N(4,1), geometric path from f_0 = N(0,1); fraction with x > 0
+    (``sbtm_kw``: further ``sample`` arguments of SBTM)."""
     path, init = geometric_53_path(t_final)
-    kw = {"eta": eta, "training": training} if method == "sbtm" else {}
+    kw = {"eta": eta, "training": training, **sbtm_kw} if method == "sbtm" else {}
     res, wall = _timed(sf.sample, target=path, method=method, init=init, n=n, t_final=t_final, dt=dt, seed=seed,
                        save_every=int(round(t_final / dt / 10)), **kw)
     return {"frac_pos": float((res.particles[:, 0] > 0).double().mean()), "wall": wall, "result": res}
