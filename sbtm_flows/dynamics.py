@@ -21,7 +21,7 @@ they are fresh draws from f_t that s_Θ never saw.  Their rates are computed in 
 calls (network, ∇log π_t, probes from ``holdout_generator``), so the training block's
 arithmetic is the same as without them: with a fixed-step Runge–Kutta or Adams–Bashforth
 solver (whose update is elementwise) the training particles and Θ are bitwise those of the run
-with ``holdout=0``.  Solvers that take a norm of the state are not: adaptive solvers see the
+with ``holdout=0`` (``rkc`` too: its stage counts are estimated on the training block alone).  Solvers that take a norm of the state are not: adaptive solvers see the
 whole state in their error norm, held-out block included — deliberately, so that ℓ̃, the
 quantity the held-out particles exist for, is integrated to the requested tolerance too —, so
 their step sizes, hence the training trajectory, differ from the ``holdout=0`` run at the level
@@ -170,6 +170,10 @@ class _Base(torch.nn.Module):
     # ---- the held-out block: the last m·(d [+ 1]) entries of every state ----------------
     def _holdout_len(self) -> int:
         return self.holdout * (self.dim + int(self.track_logdensity))
+
+    def training_length(self, y: Tensor) -> int:
+        """Number of entries of a state before the held-out block (X, Θ, ℓ: what the training sees)."""
+        return y.shape[-1] - self._holdout_len()
 
     def _head(self, y: Tensor) -> Tensor:
         """The training part of a state (everything before the held-out block)."""

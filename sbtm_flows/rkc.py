@@ -147,6 +147,9 @@ class SpectralRadius:
         self.safety, self.max_stages, self.generator = float(safety), int(max_stages), generator
         self.max_iters, self.decay = max(int(max_iters), self.iters), float(decay)
         self.v: Tensor | None = None
+        #: estimate on the first ``head`` state entries only (``None``: all); sampling sets it to
+        #: the training block so that held-out particles leave the stage counts unchanged
+        self.head: int | None = None
         self.rho = float("nan")
         self.steps, self.last_refresh, self.f_norm, self.growth = 0, -(10**18), math.inf, 1.0
         self.evaluations = 0
@@ -173,11 +176,13 @@ class SpectralRadius:
 
     def refresh(self, func, t: Tensor, y: Tensor, f0: Tensor) -> float:
         """Power iterations at (t, y) with F(t, y) = ``f0``; returns ρ."""
-        first = self.v is None or self.v.shape != y.shape
+        m = y.shape[-1] if self.head is None else int(self.head)
+        first = self.v is None or self.v.shape != (m,)
         if first:
-            v = torch.randn(y.shape, generator=self.generator, dtype=torch.float64).to(y)
+            v = torch.randn(m, generator=self.generator, dtype=torch.float64).to(y)
         else:
             v = self.v.to(y)
+        pad = y.new_zeros(y.shape[-1] - m)
         eps = torch.finfo(y.dtype).eps
         delta = math.sqrt(eps) * max(float(y.norm()), 1.0)
         rho, rho_prev, k = 0.0, 0.0, 0
@@ -185,9 +190,9 @@ class SpectralRadius:
             rho_prev, k = rho, k + 1
             nv = float(v.norm())
             if not (nv > 0 and math.isfinite(nv)):  # a lost direction: start afresh
-                v = torch.randn(y.shape, generator=self.generator, dtype=torch.float64).to(y)
+                v = torch.randn(m, generator=self.generator, dtype=torch.float64).to(y)
                 nv = float(v.norm())
-            dv = (func(t, y + (delta / nv) * v) - f0) * (nv / delta)
+            dv = (func(t, y + torch.cat([(delta / nv) * v, pad])) - f0)[:m] * (nv / delta)
             self.evaluations += 1
             rho_new = float(dv.norm()) / nv
             if not math.isfinite(rho_new):

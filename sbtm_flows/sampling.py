@@ -612,6 +612,8 @@ def run_sbtm(
         info["ntk_eta_ceiling"] = dyn.eta.ceiling
     monitor = None
     spectral = _spectral_estimator(solver, solver_options, gen, resumed)
+    if spectral is not None:  # the training block only: held-out particles leave the steps unchanged
+        spectral.head = dyn.training_length(y)
     if training == "flow" and spectral is None:
         # the pre-run check is at t0, so it takes the step at t0 (a λ-aware grid starts with
         # small steps where the curvature is large; the monitor checks each later step's own h)
