@@ -50,25 +50,20 @@ class Checkpoint:
         if not os.access(folder, os.W_OK):
             raise ValueError(f"the checkpoint folder {folder!r} is not writable")
 
-    def save(self, y: Tensor, k: int, rec, nfe: int, wall: float, info: dict, **state) -> None:
-        """Write the state after output time ``k`` atomically (``state``: the method's own
-        extra entries, e.g. the network and optimizer)."""
-        blob = {
-            "config": json.dumps(self.config, sort_keys=True),
-            "k": k,
-            "y": y.detach().cpu(),
-            "record": rec.state_dict(),
-            "nfe": nfe,
-            "wall": wall,
-            "info": json.dumps(info),
-            **state,
-        }
+    def save(self, blob: dict) -> None:
+        """Write ``blob`` (tensors and plain data: the run loop's state after an output time)
+        atomically, with this run's configuration added under ``"config"``."""
+        blob = {"config": json.dumps(self.config, sort_keys=True), **blob}
         tmp = self.path + ".tmp"
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         torch.save(blob, tmp)
         os.replace(tmp, self.path)
 
-    def load(self):
+    def load(self) -> dict | None:
+        """The saved blob, or ``None`` when there is no file yet.
+
+        Raises:
+            ValueError: the file was written by a run with other arguments or another target."""
         if not os.path.exists(self.path):
             return None
         blob = torch.load(self.path, map_location="cpu", weights_only=False)

@@ -60,7 +60,7 @@ def geometric_53_exact(t_final: float = 10.0) -> float:
     return sf.fokker_planck_1d(path, init.log_prob, t_final, dt=2e-3, x_max=14.0, m=2800).prob(lambda x: x > 0)
 
 
-def geometric_53(method: str, n: int = 5000, t_final: float = 10.0, dt: float = 0.01, seed: int = 0, eta=5.0,
+def geometric_53(method: str, n: int = 5000, t_final: float = 10.0, dt: float = 0.01, seed: int = 0, eta=None,
                  training: str = "steps") -> dict:
     """§5.3: π = ¼N(−4,1) + ¾N(4,1), geometric path from f_0 = N(0,1); fraction with x > 0."""
     path, init = geometric_53_path(t_final)
