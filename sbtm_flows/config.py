@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .loop import check_positive, config_of
+from .stiffness import FIXED_GRID_SOLVERS
 
 __all__ = ["RunConfig", "SBTMConfig", "ULAConfig", "CONFIGS", "build_config", "TRAININGS", "FLOW_OPTIONS", "STEPS_OPTIONS"]
 
@@ -40,8 +41,9 @@ NETWORK_OPTIONS: dict[str, Any] = {"hidden": (64, 64), "activation": "silu"}
 @dataclass
 class RunConfig:
     """What every sampler's run takes: the initial law or particles, the time interval and
-    output times, the seed, dtype/device, the budget and checkpoints (see
-    :func:`sbtm_flows.sampling.run_sbtm` for each field's meaning)."""
+    output times, the seed, dtype/device, the budget and checkpoints (the fields are described
+    in :class:`SBTMConfig`; ``max_nfe``: raise :class:`~sbtm_flows.errors.SamplingError` after that
+    many right-hand-side / drift evaluations)."""
 
     init: Any = None
     n: int | None = None
@@ -87,9 +89,75 @@ def _fill(cfg, options: dict) -> None:
 
 @dataclass
 class SBTMConfig(RunConfig):
-    """SBTM: the solver, the training of s_Θ (``"flow"``: dΘ/dt = −η∇_ΘL in the ODE state;
+    r"""SBTM: the solver, the training of s_Θ (``"flow"``: dΘ/dt = −η∇_ΘL in the ODE state;
     ``"steps"``: K optimizer steps before each time step; ``"auto"``), the network, the initial
-    fit, the density tracking and held-out particles (see :func:`~sbtm_flows.sampling.run_sbtm`)."""
+    fit, the density tracking and held-out particles.
+
+    Options used by one configuration only (``None`` = not given; an error under the other):
+    ``eta``, ``stiffness_check``, ``record_ntk_every``, ``ntk_reference`` (training="flow");
+    ``inner_steps``, ``optimizer``, ``lr`` (training="steps"); ``rtol``, ``atol`` (adaptive
+    solvers); ``hidden``, ``activation`` (the default network, score_model=None).
+
+    Attributes:
+        init: initial law (a target with ``sample``; default N(0, I)) or particles ``(n, d)``.
+        n: number of particles (default 1000 when ``init`` is a law).
+        t0, t_final: time interval; dt: step of fixed-step solvers (and the output spacing
+            unit: outputs every ``save_every`` steps, or at ``times``).
+        solver: any torchdiffeq method (``heun2`` — the paper's —, ``euler``, ``rk4``,
+            ``dopri5``, ``adaptive_heun``, ``bosh3``, ``dopri8``, …); rtol/atol for adaptive ones;
+            ``solver_options`` passed through to torchdiffeq.
+        training: ``"flow"`` (dΘ/dt = −η ∇_Θ L in the ODE state), ``"steps"`` (the paper's
+            K = ``inner_steps`` optimizer steps of ``optimizer``/``lr`` before each time step;
+            fixed-step solvers only) or ``"auto"`` (default: ``"steps"`` on a dilation path with a
+            fixed-step solver, ``"flow"`` otherwise, unless options of one training are given; see
+            :meth:`resolved`).
+        eta: η of the flow: a number (default 5), a callable of t, ``"auto"``
+            (:class:`~sbtm_flows.stiffness.AutoEta`: the largest η the solver keeps stable at
+            step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
+            :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
+            state; ``"ntk"`` = ``NTKEta()``; a ``ceiling=None`` is set to the stiffness limit
+            ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit).
+        score_model: a network ``(n, d) -> (n, d)``, or a time-conditioned one ``(x, t)``
+            (``model.time_conditioned``, e.g. :class:`~sbtm_flows.score.ScaledScore`); default
+            :class:`ScoreMLP(hidden, activation)`, wrapped in ``ScaledScore(net, path.scale)``
+            when ``training="steps"`` and the path has a ``scale(t)`` (:class:`~sbtm_flows.paths.Dilation`).
+        divergence: ``"exact"``, ``"hutchinson"`` (``probes`` probes) or ``"auto"``.
+        init_steps, init_tol: the initial fit of s_Θ to ∇log f_0 (explicit score matching if
+            ``init`` has a score, else implicit); its relative error is in ``result.info``.
+        stop_fisher: stop at the first output time with F^n < stop_fisher (Remark 3.8).
+        track_logdensity: integrate ℓ = log f_t(X) along each particle (needs ``init`` to be a
+            law with an exact ``log_prob``); adds ``result.log_density``, ``result.log_target``
+            and the diagnostics ``kl_plus_logz``, ``log_z``, ``ess`` (``kl`` when the target
+            knows ``log_Z``) of :mod:`sbtm_flows.logdensity` when the (final) target has ``log_prob``.
+        holdout: m ≥ 0 held-out ("passive") particles, drawn from ``init`` (which must then be a
+            law) with a generator derived from ``seed`` (the training particles, Θ₀ and probes of
+            a seed do not change), moved by the same velocity ∇log π_t − s_Θ but never trained
+            on.  Adds ``result.holdout_particles (m, d)``, ``holdout_trajectory (T, m, d)`` and,
+            with ``track_logdensity``, ``holdout_log_density (m,)``, ``holdout_log_target``;
+            the density diagnostics are then computed on them (unbiased by the self-training of
+            s_Θ, see :mod:`sbtm_flows.logdensity`), the training-particle ones are kept as
+            ``log_z_train``, ``ess_train``, ``kl_plus_logz_train``, ``kl_train``.  With a
+            fixed-step solver the training particles and Θ are bitwise those of ``holdout=0``;
+            adaptive solvers include the held-out block in their error norm, so their steps (and
+            the training trajectory, within the tolerance) change.  A held-out particle whose
+            position or rates stop being finite (the target's score overflows where it wandered)
+            is frozen there, left out of the density diagnostics and counted in the diagnostic
+            ``holdout_lost``: held-out particles never stop a run.
+        max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
+        stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
+            a run that the solver cannot keep stable.
+        record_ntk_every: every this many output times (0 included) record
+            :func:`~sbtm_flows.ntk.eta_condition` — λ_min(H), the η bound, the η used, the
+            losses — as the diagnostics ``ntk_*`` (``NTK_DIAGNOSTICS``), NaN at the other
+            output times (``training="flow"`` only).
+        ntk_reference: g(x, t) ≈ ∇log f_t for those records (default: the NTKEta's own
+            ``reference_score``, else the implicit loss; see ``eta_condition``).
+        seed: seeds X₀, Θ₀ and Hutchinson probes (same seed ⇒ same particles).
+        device, dtype: where and in which precision to run (float32 default).
+        progress: show a tqdm progress bar.
+        checkpoint, checkpoint_every, resume: write a checkpoint every ``checkpoint_every``
+            output times; with ``resume=True`` an existing checkpoint is continued.
+    """
 
     solver: str = "heun2"
     rtol: float | None = None
@@ -117,7 +185,7 @@ class SBTMConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         from .dynamics import check_holdout
-        from .sampling import FIXED_GRID_SOLVERS, SOLVERS
+        from .sampling import SOLVERS
 
         self.holdout = check_holdout(self.holdout)
         if self.solver not in SOLVERS:
@@ -152,8 +220,6 @@ class SBTMConfig(RunConfig):
 
     def _check_training(self) -> None:
         """Defaults and checks once the training is known."""
-        from .sampling import FIXED_GRID_SOLVERS
-
         if self.training == "steps" and self.solver not in FIXED_GRID_SOLVERS:
             raise ValueError(
                 f"training='steps' needs a fixed-step solver ({', '.join(sorted(FIXED_GRID_SOLVERS))}), got {self.solver!r}: the "

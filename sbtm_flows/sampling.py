@@ -14,25 +14,24 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torchdiffeq
 from torch import Tensor
-from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
 from .checkpoint import Checkpoint, target_fingerprint
+from .compat import TORCHDIFFEQ_SOLVERS
 from .config import ADAPTIVE_OPTIONS, SBTMConfig, build_config
-from .diagnostics import cumulative_trapezoid, score_diagnostics
-from .dynamics import AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, hessian_max_eigenvalue
+from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
-from .logdensity import density_diagnostics, initial_log_density, target_log_prob
+from .logdensity import initial_log_density, target_log_prob
 from .loop import Recorder, grid_index, make_generator, output_grid, prepare_run, run, splitmix64
 from .paths import Path, as_path
 from .result import Result
 from .score import ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
+from .stiffness import FIXED_GRID_SOLVERS, SOLVER_FACTS, AutoEta, StiffnessMonitor, eta_limit, prerun_check
 from .targets import check_particles
 
 __all__ = [
@@ -41,12 +40,7 @@ __all__ = [
 ]
 
 #: torchdiffeq's registry: method name -> solver class.
-SOLVERS: dict[str, type] = {k: v for k, v in _TORCHDIFFEQ_SOLVERS.items() if k != "scipy_solver"}
-FIXED_GRID_SOLVERS = frozenset(
-    {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"}
-)
-#: Real stability interval [−c, 0] of each fixed-step method (for the stiffness check).
-_STABILITY = {"euler": 2.0, "midpoint": 2.0, "heun2": 2.0, "heun3": 2.51, "rk4": 2.78}
+SOLVERS: dict[str, type] = dict(TORCHDIFFEQ_SOLVERS)
 TRAININGS = ("flow", "steps", "auto")
 #: method name -> runner; ``sample`` dispatches on it (other modules add entries).
 METHODS: dict[str, Callable[..., Result]] = {}
@@ -110,7 +104,8 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
             if diag["fisher"] < cfg.stop_fisher:
                 return f"F^n = {diag['fisher']:.4g} < stop_fisher = {cfg.stop_fisher} at t = {t:.6g}"
             return None
-    return run(sampler, lambda: sampler.init(x0, cfg.t0, gen, holdout=xh0), grid[out_idx], stop=stop, checkpoint=ckpt,
+    return run(sampler, lambda: sampler.init(x0, cfg.t0, gen, holdout=xh0), grid[out_idx], observers=sampler.observers(),
+               stop=stop, checkpoint=ckpt,
                checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, progress=cfg.progress, method="sbtm",
                config=config_dict, info={"training": cfg.training})
 
@@ -140,6 +135,31 @@ class SBTMState:
     sampler and travel through :meth:`SBTMSampler.state_dict`)."""
 
     y: Tensor
+
+
+@dataclass
+class SBTMView:
+    """A state read at output time t: training particles ``x (n, d)``, Θ ``(P,)``, the score
+    function x ↦ s_Θ(x, t), ℓ ``(n,)`` and the held-out block ``(m, d)``, ``(m,)`` (``None`` when
+    absent); ``holdout_lost (m,)`` bool is computed on first use (one held-out velocity per time)."""
+
+    sampler: Any
+    y: Tensor
+    t: float
+    x: Tensor
+    theta: Tensor
+    score_fn: Callable[[Tensor], Tensor]
+    log_density: Tensor | None
+    holdout_x: Tensor | None
+    holdout_log_density: Tensor | None
+    _lost: Tensor | None = None
+
+    @property
+    def holdout_lost(self) -> Tensor:
+        """Held-out particles frozen because their position or rates stopped being finite, ``(m,)`` bool."""
+        if self._lost is None:
+            self._lost = self.sampler.dyn.holdout_velocity(self.t, self.y, self.score_fn)[2]
+        return self._lost
 
 
 class SBTMSampler:
@@ -176,11 +196,12 @@ class SBTMSampler:
         self.monitor = None
         if cfg.training == "flow":
             if isinstance(eta, AutoEta):
-                self.monitor = StiffnessMonitor(self.dyn, cfg.solver, _STABILITY.get(cfg.solver, 2.0), every=20, iters=3,
+                self.monitor = StiffnessMonitor(self.dyn, cfg.solver, eta_limit(cfg.solver), every=20, iters=3,
                                                 generator=generator, auto=eta)
-            elif cfg.stiffness_check and cfg.solver in _STABILITY:
-                self.monitor = StiffnessMonitor(self.dyn, cfg.solver, _STABILITY[cfg.solver], generator=generator)
+            elif cfg.stiffness_check and getattr(SOLVER_FACTS.get(cfg.solver), "stability", None) is not None:
+                self.monitor = StiffnessMonitor(self.dyn, cfg.solver, eta_limit(cfg.solver), generator=generator)
         self.info: dict = {}
+        self._view = None
 
     # ---- the Sampler protocol ---------------------------------------------------------
     def init(self, x0: Tensor, t0: float, generator: torch.Generator, holdout=(None, None)) -> SBTMState:
@@ -210,13 +231,13 @@ class SBTMSampler:
         cfg, dyn = self.cfg, self.dyn
         h = float(self.grid[1] - self.grid[0]) if self.fixed else cfg.dt
         if getattr(dyn.eta, "needs_state", False) and getattr(dyn.eta, "ceiling", 0) is None:
-            from .ntk import stability_ceiling
+            from .stiffness import stability_ceiling
 
             h_max = float((self.grid[1:] - self.grid[:-1]).max()) if self.fixed else cfg.dt
-            dyn.eta.ceiling = stability_ceiling(dyn, y, h_max, _STABILITY.get(cfg.solver, 2.0), generator=generator, t=t0)
+            dyn.eta.ceiling = stability_ceiling(dyn, y, h_max, eta_limit(cfg.solver), generator=generator, t=t0)
             self.info["ntk_eta_ceiling"] = dyn.eta.ceiling
         if cfg.stiffness_check or self.monitor is not None:
-            _stiffness_check(dyn, y, cfg.solver, h, t0, cfg.t_final, generator, self.monitor)
+            prerun_check(dyn, y, cfg.solver, h, t0, cfg.t_final, generator, self.monitor)
 
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1 (the stiffness monitor first checks the state at t0)."""
@@ -283,51 +304,49 @@ class SBTMSampler:
         return SBTMState(y)
 
     # ---- what is recorded -----------------------------------------------------------------
-    def _parts(self, y: Tensor, t: float | None):
-        """``(X (n, d), Θ (P,), x ↦ s_Θ(x) at t)``."""
+    def view(self, state: SBTMState, t: float) -> SBTMView:
+        """What the observers read at output time t, computed once per state and time."""
+        if self._view is not None and self._view[0] is state and self._view[1] == t:
+            return self._view[2]
+        dyn, y = self.dyn, state.y
         if self.cfg.training == "flow":
-            x, theta = self.dyn.split(y)
-            return x, theta, self.dyn.score_fn(theta, t)
-        return self.dyn.split(y), flatten_params(self.model), at_time(self.model, t)
+            x, theta = dyn.split(y)
+            fn = dyn.score_fn(theta, t)
+        else:
+            x, theta, fn = dyn.split(y), flatten_params(self.model), at_time(self.model, t)
+        xh, logdh = dyn.split_holdout(y) if self.cfg.holdout else (None, None)
+        v = SBTMView(self, y, t, x, theta, fn, dyn.log_density(y), xh, logdh)
+        self._view = (state, t, v)
+        return v
+
+    def probes(self, x: Tensor) -> Tensor | None:
+        """The Hutchinson probes ``(m, n, d)`` of the training particles (``None`` for the exact divergence)."""
+        return self.dyn._need_probes(x)
 
     def observe(self, state: SBTMState, t: float, k: int) -> dict:
-        """Diagnostics (floats) and series (Θ, ℓ, held-out block) at output time t_k."""
-        cfg, dyn, y = self.cfg, self.dyn, state.y
-        x, theta, fn = self._parts(y, t)
-        diag = score_diagnostics(self.path, fn, x, t, dyn.divergence, dyn._need_probes(x))
-        logd = dyn.log_density(y)
-        xh, logdh = dyn.split_holdout(y) if cfg.holdout else (None, None)
-        lost = None
-        if cfg.holdout:
-            lost = dyn.holdout_velocity(t, y, fn)[2]
-            diag["holdout_lost"] = float(lost.sum())
-        if logd is not None and self.log_target is not None:
-            diag.update(self._density(x, logd, xh, logdh, lost))
-        if cfg.training == "flow" and not getattr(dyn.eta, "needs_state", False):
-            diag["eta"] = dyn.eta_at(t)
-        if cfg.record_ntk_every is not None:
-            diag.update(_ntk_record(dyn, x, t, theta, k % int(cfg.record_ntk_every) == 0, cfg.ntk_reference))
-        return {**diag, "thetas": theta, "log_density_trajectory": logd, "holdout_trajectory": xh,
-                "holdout_log_density_trajectory": logdh}
+        """The series at output time t_k: Θ, ℓ and the held-out block (the diagnostics are observers')."""
+        v = self.view(state, t)
+        return {"thetas": v.theta, "log_density_trajectory": v.log_density, "holdout_trajectory": v.holdout_x,
+                "holdout_log_density_trajectory": v.holdout_log_density}
 
-    def _density(self, x: Tensor, logd: Tensor, xh, logdh, lost) -> dict:
-        """Density diagnostics: on the held-out particles when there are any (those of the
-        training particles then get a ``_train`` suffix), else on the training particles."""
-        log_Z = getattr(self.path.target, "log_Z", None)
-        dens = density_diagnostics(self.log_target(x), logd, log_Z)
-        if xh is None:
-            return dens
-        keep = ~lost
-        out = {f"{k}_train": v for k, v in dens.items()}
-        out.update(density_diagnostics(self.log_target(xh[keep]), logdh[keep], log_Z))
+    def observers(self) -> list:
+        """The diagnostics this configuration records (:mod:`sbtm_flows.observers`), in order."""
+        from .observers import DensityDiagnostics, EtaTrace, HeldOutLost, NTKTrace, ScoreDiagnostics
+
+        cfg, out = self.cfg, [ScoreDiagnostics()]
+        if cfg.holdout:
+            out.append(HeldOutLost())
+        if cfg.track_logdensity and self.log_target is not None:
+            out.append(DensityDiagnostics(self.log_target, getattr(self.path.target, "log_Z", None)))
+        if cfg.training == "flow" and not getattr(self.dyn.eta, "needs_state", False):
+            out.append(EtaTrace())
+        if cfg.record_ntk_every is not None:
+            out.append(NTKTrace(cfg.record_ntk_every, cfg.ntk_reference))
         return out
 
     def finish(self, state: SBTMState, packed: dict, info: dict) -> dict:
-        """kl_decrease series, facts for ``info`` and the SBTM fields of the Result."""
-        cfg, diags, times = self.cfg, packed["diagnostics"], packed["times"]
-        for name in ("", "_learned"):
-            if f"dissipation{name}" in diags:
-                diags[f"kl_decrease{name}"] = cumulative_trapezoid(diags[f"dissipation{name}"], times)
+        """Facts for ``info`` and the SBTM fields of the Result."""
+        cfg = self.cfg
         info.update({k: v for k, v in self.info.items() if k not in info})
         if cfg.training == "steps":
             info["train_steps"] = self.dyn.train_steps
@@ -345,10 +364,7 @@ class SBTMSampler:
         last = {k: packed[k][-1] if k in packed else None
                 for k in ("log_density_trajectory", "holdout_trajectory", "holdout_log_density_trajectory")}
         lt = self.log_target
-        lost = None
-        if self.cfg.holdout:
-            t = float(packed["times"][-1])
-            lost = self.dyn.holdout_velocity(t, state.y, self._parts(state.y, t)[2])[2].cpu()
+        lost = self.view(state, float(packed["times"][-1])).holdout_lost.cpu() if self.cfg.holdout else None
         return dict(
             thetas=packed.get("thetas"),
             score_config=_score_config(self.model, packed["times"]),
@@ -446,16 +462,6 @@ def _resolve_eta(eta):
     return eta
 
 
-def _ntk_record(dyn: SBTMFlow, x: Tensor, t: float, theta: Tensor, now: bool, reference) -> dict:
-    """The ``ntk_*`` diagnostics at one output time (NaN when ``now`` is False)."""
-    from .ntk import NTK_DIAGNOSTICS, eta_condition
-
-    if not now:
-        return dict.fromkeys(NTK_DIAGNOSTICS, float("nan"))
-    ref = reference if reference is not None else getattr(dyn.eta, "reference_score", None)
-    return eta_condition(dyn, x, t, theta, reference_score=ref).as_diagnostics()
-
-
 def holdout_generator(gen: torch.Generator) -> torch.Generator:
     """The generator of the held-out particles and their probes: a CPU generator seeded with a
     fixed (splitmix64) function of ``gen``'s seed, so that held-out draws are reproducible
@@ -481,39 +487,3 @@ def holdout_particles(init_target, m: int, gen: torch.Generator, x0: Tensor, tra
     if not torch.isfinite(x).all():
         raise ValueError(f"init.sample(holdout={m}) returned NaN/inf")
     return x, (initial_log_density(init_target, x) if track_logdensity else None)
-
-
-def _stiffness_check(flow: SBTMFlow, y: Tensor, solver: str, h: float, t0: float, t_final: float, gen,
-                     monitor: StiffnessMonitor | None = None) -> None:
-    """Estimate z = η·λ_max(∇²_Θ L)·h at the start.  Fixed-step solvers with z beyond their
-    real stability limit are refused (they would diverge); adaptive solvers get a warning
-    with the step size and the RHS evaluations they will need.  The converged power-iteration
-    vector seeds ``monitor``, which keeps watching during the run."""
-    if monitor is not None:
-        lam = monitor.estimate(y, iters=30, t=t0)
-        if monitor.auto is not None:
-            monitor.auto.update(lam, monitor.limit, h)
-            monitor.last_step = 0
-    else:
-        lam = hessian_max_eigenvalue(flow, y, generator=gen, t=t0)
-    eta = flow.eta_at(t0)
-    if solver in _STABILITY:
-        c = _STABILITY[solver]
-        z = eta * lam * h
-        if z > c:
-            raise SamplingError(
-                f"the coupled X/Θ system is stiff for {solver!r}: eta·λ_max(∇²_Θ L)·dt = {eta:g}·{lam:.4g}·{h:g} = {z:.3g} "
-                f"> {c:g} (the solver's stability limit), so fixed steps would diverge. Use eta <= {c / (lam * h):.3g}, "
-                f"dt <= {c / (eta * lam):.3g}, or an adaptive solver (solver='dopri5'); pass stiffness_check=False to run anyway",
-                t=t0,
-            )
-    elif solver not in FIXED_GRID_SOLVERS:
-        h_stable = 3.0 / max(eta * lam, 1e-30)  # explicit RK methods: real stability limit ≈ 2–3.3
-        if h_stable < h / 10:
-            warnings.warn(
-                f"the coupled X/Θ system is stiff: eta·λ_max(∇²_Θ L) = {eta * lam:.4g}, so {solver!r} will be limited "
-                f"to steps of about {h_stable:.2g} (≈ {(t_final - t0) / h_stable:.3g} steps over the run) whatever "
-                "rtol/atol are; lower eta for speed, or bound the cost with max_nfe",
-                RuntimeWarning,
-                stacklevel=4,
-            )

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 import torch
 import torchsde
 from torch import Tensor
-from torchsde._core import methods as _tsde_methods
-from torchsde.settings import METHODS as _TSDE_METHODS
 
 from .checkpoint import Checkpoint, target_fingerprint
+from .compat import TORCHSDE_METHODS, torchsde_method
 from .config import ULAConfig, build_config
 from .dynamics import particle_rates
 from .errors import SamplingError
@@ -49,10 +48,10 @@ def _solver_table() -> dict[str, tuple[str, str]]:
     """method -> (sde_type, levy_area_approximation) for every torchsde method whose
     ``noise_types`` include diagonal noise (forward-only methods)."""
     table = {}
-    for name in _TSDE_METHODS.all():
+    for name in TORCHSDE_METHODS:
         if name in _ADJOINT_ONLY:
             continue
-        cls = _tsde_methods.select(name, "ito")
+        cls = torchsde_method(name, "ito")
         if "diagonal" not in cls.noise_types or "additive" not in cls.noise_types:
             continue
         levy = cls.levy_area_approximations
@@ -72,7 +71,7 @@ def check_sde_solver(name: str) -> None:
     valid = ", ".join(sorted(SDE_SOLVERS))
     if name in _ADJOINT_ONLY:
         raise ValueError(f"sde_solver {name!r} is the backward pass of sdeint_adjoint, not a forward solver; valid: {valid}")
-    if name in _TSDE_METHODS.all():
+    if name in TORCHSDE_METHODS:
         raise ValueError(f"sde_solver {name!r} does not support the additive diagonal noise of the Langevin SDE; valid: {valid}")
     raise ValueError(f"unknown sde_solver {name!r}; valid torchsde methods for additive diagonal noise: {valid}")
 
