@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from .checkpoint import check_resume
 from .loop import check_positive, config_of
 from .stiffness import FIXED_GRID_SOLVERS
 
@@ -59,15 +60,20 @@ class RunConfig:
     max_nfe: int | None = None
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int = 50
-    resume: bool = False
+    resume: bool | str = False
 
     def __post_init__(self) -> None:
         check_positive("checkpoint_every", self.checkpoint_every, integer=True)
         check_positive("max_nfe", self.max_nfe, integer=True, allow_none=True)
+        check_resume(self.resume)
+
+    def fields(self) -> dict:
+        """The configuration as a dict of its field values (objects as they are)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_dict(self) -> dict:
         """The configuration as JSON-able values (objects as their repr, tensors as their shape)."""
-        return config_of({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_CONFIG})
+        return config_of({k: v for k, v in self.fields().items() if k not in _NOT_CONFIG})
 
 
 _NOT_CONFIG = {"score_model"}
@@ -273,13 +279,20 @@ class ULAConfig(RunConfig):
 CONFIGS: dict[str, type[RunConfig]] = {"sbtm": SBTMConfig, "ula": ULAConfig}
 
 
-def build_config(method: str, kwargs: dict) -> RunConfig:
-    """The configuration of ``method`` from ``sample``'s keywords.
+def build_config(method: str, kwargs: dict, config: RunConfig | None = None) -> RunConfig:
+    """The configuration of ``method`` from ``sample``'s keywords, or ``config`` itself when given.
 
     Raises:
-        ValueError: a keyword that the method's configuration has no field for (naming the
-            methods that take it), or any error of the configuration's validation."""
+        ValueError: both ``config`` and keywords, a ``config`` of another method, a keyword that
+            the method's configuration has no field for (naming the methods that take it), or any
+            error of the configuration's validation."""
     cls = CONFIGS[method]
+    if config is not None:
+        if kwargs:
+            raise ValueError(f"pass either a config or keyword options, not both (got config and {', '.join(sorted(kwargs))})")
+        if not isinstance(config, cls):
+            raise ValueError(f"method={method!r} needs a {cls.__name__}, got {type(config).__name__}")
+        return config
     names = {f.name for f in dataclasses.fields(cls)}
     for key in kwargs:
         if key not in names:

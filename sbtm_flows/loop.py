@@ -152,7 +152,8 @@ def run(
             with a reason (recorded as ``info["stopped"]``).
         checkpoint: a :class:`~sbtm_flows.checkpoint.Checkpoint` (or ``None``): written every
             ``checkpoint_every`` output intervals, at an early stop and after the last one;
-            with ``resume=True`` an existing one is continued, bitwise as if uninterrupted.
+            with ``resume`` (True or ``"force"``) an existing one is continued, bitwise as if
+            uninterrupted.  The loop closes it (releases its lock) when it returns or raises.
         progress: show a tqdm bar (t, evaluations, F^n when recorded).
         method, config, info: copied into the Result (``info`` is updated by the sampler).
 
@@ -160,8 +161,16 @@ def run(
         a :class:`~sbtm_flows.result.Result` (``wall_time``: seconds in this loop, summed over
         resumes; the sampler's initial work is excluded).
     """
+    try:
+        return _run(sampler, start, times, list(observers), stop, checkpoint, checkpoint_every, resume, progress, method,
+                    config, info)
+    finally:
+        if checkpoint is not None and hasattr(checkpoint, "close"):
+            checkpoint.close()  # release its lock
+
+
+def _run(sampler, start, times, observers, stop, checkpoint, checkpoint_every, resume, progress, method, config, info):
     times = torch.as_tensor(times, dtype=torch.float64)
-    observers = list(observers)
     blob = checkpoint.load() if (checkpoint is not None and resume) else None
     if blob is None:
         state = start() if callable(start) else start

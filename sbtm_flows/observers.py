@@ -9,7 +9,8 @@ velocity computed once per output time and shared.
 
 * :class:`ScoreDiagnostics` — F^n, the score-matching loss, the dissipation and its learned
   version (:func:`~sbtm_flows.diagnostics.score_diagnostics`), then ``kl_decrease`` = ∫ dissipation dt;
-* :class:`HeldOutLost` — how many held-out particles were frozen (``holdout_lost``);
+* :class:`HeldOutStatus` — how many held-out particles were frozen (``holdout_lost``) or escaped
+  far outside the training cloud (``holdout_escaped``, :func:`~sbtm_flows.guards.holdout_outliers`);
 * :class:`DensityDiagnostics` — KL + log Z, log Z, ESS (and KL) from the tracked log-density, on
   the held-out particles when there are any (the training ones then as ``*_train``);
 * :class:`EtaTrace` — the η in force (``eta``);
@@ -23,7 +24,7 @@ from typing import Any, Callable
 from .diagnostics import cumulative_trapezoid, score_diagnostics
 from .logdensity import density_diagnostics
 
-__all__ = ["ScoreDiagnostics", "HeldOutLost", "DensityDiagnostics", "EtaTrace", "NTKTrace"]
+__all__ = ["ScoreDiagnostics", "HeldOutStatus", "DensityDiagnostics", "EtaTrace", "NTKTrace"]
 
 
 class ScoreDiagnostics:
@@ -42,17 +43,21 @@ class ScoreDiagnostics:
                 diags[f"kl_decrease{name}"] = cumulative_trapezoid(diags[f"dissipation{name}"], packed["times"])
 
 
-class HeldOutLost:
-    """The number of held-out particles frozen because their position or rates stopped being finite."""
+class HeldOutStatus:
+    """The numbers of held-out particles frozen because their position or rates stopped being
+    finite (``holdout_lost``) and of the others that escaped far outside the training cloud
+    (``holdout_escaped``); both are left out of the density diagnostics."""
 
     def __call__(self, sampler: Any, state: Any, t: float, k: int) -> dict:
-        return {"holdout_lost": float(sampler.view(state, t).holdout_lost.sum())}
+        v = sampler.view(state, t)
+        return {"holdout_lost": float(v.holdout_lost.sum()), "holdout_escaped": float(v.holdout_escaped.sum())}
 
 
 class DensityDiagnostics:
     """Density diagnostics from the tracked ℓ = log f_t(X) and log π̃ (``log_target``), with the
-    target's ``log_Z`` when known: on the held-out particles when there are any (those of the
-    training particles then get a ``_train`` suffix), else on the training particles."""
+    target's ``log_Z`` when known: on the held-out particles when there are any (lost and escaped
+    ones left out; the values of the training particles then get a ``_train`` suffix), else on
+    the training particles."""
 
     def __init__(self, log_target: Callable, log_Z: float | None = None):
         self.log_target, self.log_Z = log_target, log_Z
@@ -62,7 +67,7 @@ class DensityDiagnostics:
         dens = density_diagnostics(self.log_target(v.x), v.log_density, self.log_Z)
         if v.holdout_x is None:
             return dens
-        keep = ~v.holdout_lost
+        keep = ~(v.holdout_lost | v.holdout_escaped)
         out = {f"{name}_train": val for name, val in dens.items()}
         out.update(density_diagnostics(self.log_target(v.holdout_x[keep]), v.holdout_log_density[keep], self.log_Z))
         return out

@@ -12,7 +12,28 @@ from pathlib import Path as _FsPath
 import torch
 from torch import Tensor
 
-__all__ = ["Result", "load"]
+__all__ = ["Result", "HeldOut", "load"]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out ("passive") particles of a run, grouped (``result.holdout``): moved by the
+    flow, never trained on.
+
+    Attributes:
+        particles: ``(m, d)`` at the last output time; trajectory: ``(T, m, d)``.
+        log_density: ``(m,)`` log f_T at the final held-out particles, when tracked;
+            log_density_trajectory: ``(T, m)``.
+        log_target: ``(m,)`` log π̃ at the final held-out particles (when tracked).
+        lost: ``(m,)`` bool, frozen because their score or position stopped being finite.
+    """
+
+    particles: Tensor
+    trajectory: Tensor | None = None
+    log_density: Tensor | None = None
+    log_density_trajectory: Tensor | None = None
+    log_target: Tensor | None = None
+    lost: Tensor | None = None
 
 
 @dataclass
@@ -67,6 +88,15 @@ class Result:
     holdout_lost: Tensor | None = None
 
     @property
+    def holdout(self) -> HeldOut | None:
+        """The held-out fields grouped as a :class:`HeldOut` (``None`` for a run without them);
+        the flat ``holdout_*`` attributes stay, so saved files of every version load."""
+        if self.holdout_particles is None:
+            return None
+        return HeldOut(self.holdout_particles, self.holdout_trajectory, self.holdout_log_density,
+                       self.holdout_log_density_trajectory, self.holdout_log_target, self.holdout_lost)
+
+    @property
     def n(self) -> int:
         """Number of particles."""
         return self.particles.shape[0]
@@ -112,10 +142,13 @@ class Result:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def save(self, path: str | _FsPath) -> None:
-        """Write the result with ``torch.save`` (loadable with ``weights_only=True``)."""
+        """Write the result with ``torch.save`` (loadable with ``weights_only=True``),
+        atomically: a failed write (full disk) raises OSError and leaves no partial file."""
+        from .files import save_torch
+
         path = _FsPath(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(_to_cpu(self.to_dict()), path)
+        save_torch(_to_cpu(self.to_dict()), path)
 
 
 def _to_cpu(obj):

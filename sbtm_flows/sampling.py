@@ -26,6 +26,7 @@ from .compat import TORCHDIFFEQ_SOLVERS
 from .config import ADAPTIVE_OPTIONS, SBTMConfig, build_config
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
+from .guards import FiniteTargetGuard, holdout_outliers
 from .logdensity import initial_log_density, target_log_prob
 from .loop import Recorder, grid_index, make_generator, output_grid, prepare_run, run, splitmix64
 from .paths import Path, as_path
@@ -84,7 +85,7 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
             configuration that would use an option this one does not).
         SamplingError: a run that went non-finite, or a stiff system the solver cannot handle.
     """
-    cfg = config if config is not None else build_config("sbtm", kwargs)
+    cfg = build_config("sbtm", kwargs, config)
     path, gen, x0, init_target, dtype, device = prepare_run(target, cfg.init, cfg.n, cfg.t0, cfg.t_final, cfg.dt,
                                                             cfg.save_every, cfg.seed, cfg.dtype, cfg.device)
     cfg = cfg.resolved(path)
@@ -96,8 +97,8 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
     sampler = SBTMSampler(cfg, path, model, eta, grid, grid[out_idx], gen, hgen, init_target, device)
     config_dict = cfg.to_dict()
     ckpt = None
-    if cfg.checkpoint is not None:
-        ckpt = Checkpoint(cfg.checkpoint, config_dict, target_fingerprint(path, x0, cfg.t0, cfg.t_final))
+    if cfg.checkpoint is not None:  # the network is fingerprinted by content before the run trains it
+        ckpt = Checkpoint(cfg.checkpoint, {**cfg.fields(), "score_model": model}, target_fingerprint(path, x0, cfg.t0, cfg.t_final))
     stop = None
     if cfg.stop_fisher is not None:
         def stop(t: float, diag: dict) -> str | None:
@@ -153,6 +154,7 @@ class SBTMView:
     holdout_x: Tensor | None
     holdout_log_density: Tensor | None
     _lost: Tensor | None = None
+    _escaped: Tensor | None = None
 
     @property
     def holdout_lost(self) -> Tensor:
@@ -160,6 +162,14 @@ class SBTMView:
         if self._lost is None:
             self._lost = self.sampler.dyn.holdout_velocity(self.t, self.y, self.score_fn)[2]
         return self._lost
+
+    @property
+    def holdout_escaped(self) -> Tensor:
+        """Held-out particles (not lost) far outside the training cloud, in x or ℓ, ``(m,)`` bool
+        (:func:`~sbtm_flows.guards.holdout_outliers`)."""
+        if self._escaped is None:
+            self._escaped = holdout_outliers(self.x, self.holdout_x, self.log_density, self.holdout_log_density) & ~self.holdout_lost
+        return self._escaped
 
 
 class SBTMSampler:
@@ -331,11 +341,11 @@ class SBTMSampler:
 
     def observers(self) -> list:
         """The diagnostics this configuration records (:mod:`sbtm_flows.observers`), in order."""
-        from .observers import DensityDiagnostics, EtaTrace, HeldOutLost, NTKTrace, ScoreDiagnostics
+        from .observers import DensityDiagnostics, EtaTrace, HeldOutStatus, NTKTrace, ScoreDiagnostics
 
-        cfg, out = self.cfg, [ScoreDiagnostics()]
+        cfg, out = self.cfg, [FiniteTargetGuard(self.path), ScoreDiagnostics()]
         if cfg.holdout:
-            out.append(HeldOutLost())
+            out.append(HeldOutStatus())
         if cfg.track_logdensity and self.log_target is not None:
             out.append(DensityDiagnostics(self.log_target, getattr(self.path.target, "log_Z", None)))
         if cfg.training == "flow" and not getattr(self.dyn.eta, "needs_state", False):

@@ -34,6 +34,7 @@ from .compat import TORCHSDE_METHODS, torchsde_method
 from .config import ULAConfig, build_config
 from .dynamics import particle_rates
 from .errors import SamplingError
+from .guards import FiniteTargetGuard
 from .loop import grid_index, output_grid, prepare_run, run, splitmix64
 from .paths import Path, as_path
 from .result import Result
@@ -162,7 +163,7 @@ def run_ula(target, config: ULAConfig | None = None, **kwargs) -> Result:
             or a checkpoint written with other arguments.
         SamplingError: ∇log π_t or the particles became NaN/inf (names t and the count).
     """
-    cfg = config if config is not None else build_config("ula", kwargs)
+    cfg = build_config("ula", kwargs, config)
     path, gen, x0, _, _, device = prepare_run(target, cfg.init, cfg.n, cfg.t0, cfg.t_final, cfg.dt, cfg.save_every,
                                               cfg.seed, cfg.dtype, cfg.device)
     grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), True, cfg.times)
@@ -170,8 +171,9 @@ def run_ula(target, config: ULAConfig | None = None, **kwargs) -> Result:
     config_dict = cfg.to_dict()
     ckpt = None
     if cfg.checkpoint is not None:
-        ckpt = Checkpoint(cfg.checkpoint, config_dict, target_fingerprint(path, x0, cfg.t0, cfg.t_final))
-    return run(sampler, sampler.init(x0, cfg.t0, gen), grid[out_idx], checkpoint=ckpt, checkpoint_every=cfg.checkpoint_every,
+        ckpt = Checkpoint(cfg.checkpoint, cfg.fields(), target_fingerprint(path, x0, cfg.t0, cfg.t_final))
+    return run(sampler, sampler.init(x0, cfg.t0, gen), grid[out_idx], observers=[FiniteTargetGuard(path)], checkpoint=ckpt,
+               checkpoint_every=cfg.checkpoint_every,
                resume=cfg.resume, progress=cfg.progress, method="ula", config=config_dict,
                info={"diagnostics": _NO_DIAGNOSTICS})
 

@@ -66,3 +66,10 @@ def test_config_objects_validate_when_built():
     assert isinstance(build_config("ula", {"dt": 0.1}), ULAConfig)
     res = sf.sampling.run_sbtm(T1, SBTMConfig(**KW, training="steps", inner_steps=1))
     assert res.config["training"] == "steps" and res.info["train_steps"] == 2
+
+
+def test_a_config_object_is_used_as_given_and_not_mixed_with_keywords():
+    with pytest.raises(ValueError, match="either a config or keyword options"):
+        sf.sampling.run_sbtm(T1, SBTMConfig(**KW), seed=3)
+    with pytest.raises(ValueError, match="needs a ULAConfig"):
+        build_config("ula", {}, SBTMConfig())

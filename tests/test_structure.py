@@ -11,7 +11,7 @@ import pytest
 import sbtm_flows as sf
 
 SRC = pathlib.Path(sf.__file__).resolve().parent
-MODULES = sorted(SRC.glob("*.py"))
+MODULES = sorted(SRC.rglob("*.py"))
 
 
 def test_functions_are_at_most_80_lines():
