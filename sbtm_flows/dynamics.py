@@ -615,12 +615,15 @@ class StiffnessMonitor:
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the monitor (and an AutoEta) bitwise."""
         return {"v": None if self.v is None else self.v.cpu(), "lam": self.lam, "last_step": self.last_step,
-                "eta": None if self.auto is None else self.auto.value}
+                "eta": None if self.auto is None else self.auto.value, "max_z": self.max_z, "t_max_z": self.t_max_z,
+                "warned": self.warned}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
         self.v = state["v"]  # moved to Θ's device and dtype by the next estimate
         self.lam, self.last_step = state["lam"], state["last_step"]
+        self.max_z, self.t_max_z = state.get("max_z", 0.0), state.get("t_max_z", float("nan"))
+        self.warned = state.get("warned", False)
         if self.auto is not None:
             self.auto.value = state["eta"]
 

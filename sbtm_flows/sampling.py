@@ -31,7 +31,7 @@ from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .diagnostics import cumulative_trapezoid, score_diagnostics
 from .dynamics import AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
-from .guards import check_target_finite, holdout_outliers
+from .guards import ParticleStiffness, check_target_finite, holdout_outliers
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
 from .result import Result
@@ -504,7 +504,10 @@ def run_sbtm(
             meaningless) is left out of the density diagnostics too and counted in ``holdout_escaped``.
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
         stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
-            a run that the solver cannot keep stable.
+            a run that the solver cannot keep stable (the network block Θ); with a fixed-step
+            solver (both trainings) also refuse dt·max_i |λ(∇²log π_t(Xᵢ))| beyond the solver's
+            limit, at the start and every 50 steps (the particle block X,
+            :class:`~sbtm_flows.guards.ParticleStiffness`; record in ``result.info["stiffness_x"]``).
         record_ntk_every: every this many output times (0 included) record
             :func:`~sbtm_flows.ntk.eta_condition` — λ_min(H), the η bound, the η used, the
             losses — as the diagnostics ``ntk_*`` (``NTK_DIAGNOSTICS``), NaN at the other
@@ -605,6 +608,13 @@ def run_sbtm(
         dyn.eta.ceiling = stability_ceiling(dyn, y, float((grid[1:] - grid[:-1]).max()) if fixed else dt,
                                             _STABILITY.get(solver, 2.0), generator=gen, t=t0)
         info["ntk_eta_ceiling"] = dyn.eta.ceiling
+    xstiff = None
+    if stiffness_check and fixed and solver in _STABILITY:
+        xstiff = ParticleStiffness(path, solver, _STABILITY[solver], "sbtm", generator=torch.Generator().manual_seed(0))
+        if resumed is None:
+            xstiff.start(x0, t0, float(grid[1] - grid[0]))
+        elif resumed.get("stiffness_x") is not None:
+            xstiff.load_state_dict(resumed["stiffness_x"])
     monitor = None
     if training == "flow":
         # the pre-run check is at t0, so it takes the step at t0 (a λ-aware grid starts with
@@ -651,6 +661,9 @@ def run_sbtm(
         if record_ntk_every is not None:
             diag.update(_ntk_record(dyn, x, t, theta, k % int(record_ntk_every) == 0, ntk_reference))
         rec.add(t, x, theta, logd, diag, holdout=(xh, logdh))
+        if xstiff is not None and k < len(out_idx) - 1:
+            i = int(out_idx[k])
+            xstiff.check(x, t, float(grid[i + 1] - grid[i]), i)
         if monitor is not None and k < len(out_idx) - 1:
             i = int(out_idx[k])
             if fixed:
@@ -666,7 +679,7 @@ def run_sbtm(
 
     def save_ckpt(y, k, stopped):
         ckpt.save(y, k, rec, dyn.nfe, time.perf_counter() - t_start + wall0, info, stopped=stopped,
-                  **_sbtm_state(dyn, training, monitor))
+                  stiffness_x=None if xstiff is None else xstiff.state_dict(), **_sbtm_state(dyn, training, monitor))
 
     t_start = time.perf_counter()
     if resumed is None:
@@ -687,6 +700,8 @@ def run_sbtm(
         info["train_steps"] = dyn.train_steps
     if monitor is not None and monitor.max_z > 0:
         info["stiffness"] = {"max_eta_lambda_dt": monitor.max_z, "at_t": monitor.t_max_z, "solver_limit": monitor.limit}
+    if xstiff is not None:
+        info["stiffness_x"] = xstiff.record()
     if track_logdensity and log_target is None:
         info["density_diagnostics"] = "unavailable: the target has no log_prob (kl_plus_logz, log_z, ess need log π̃)"
     elif track_logdensity and holdout:

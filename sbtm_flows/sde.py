@@ -35,7 +35,7 @@ from torchsde.settings import METHODS as _TSDE_METHODS
 from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .dynamics import particle_rates
 from .errors import SamplingError
-from .guards import check_target_finite
+from .guards import ParticleStiffness, check_target_finite
 from .paths import Path, as_path
 from .result import Result
 from .sampling import (
@@ -167,6 +167,7 @@ def run_ula(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
     resume: bool | str = False,
+    stiffness_check: bool = True,
 ) -> Result:
     r"""Run (annealed) ULA: dX = ∇log π_t(X) dt + √2 dW with torchsde, from X₀ ~ init.
 
@@ -183,6 +184,10 @@ def run_ula(
         checkpoint, checkpoint_every, resume: write a checkpoint every ``checkpoint_every``
             output times; ``resume=True`` continues an existing one of the same run, bitwise as
             if uninterrupted (``"force"``: see :func:`~sbtm_flows.sampling.run_sbtm`).
+        stiffness_check: refuse a step the particle block cannot take stably: dt·max_i
+            |λ(∇²log π_t(Xᵢ))| > 2 at the start (at the particles and a mixture target's means)
+            or every 50 steps along the run (:class:`~sbtm_flows.guards.ParticleStiffness`;
+            its record is ``result.info["stiffness_x"]``).
 
     The Brownian motion of output interval k is a ``torchsde.BrownianInterval`` with entropy
     :func:`chunk_entropy` (base, k), the base being drawn from the seeded generator after X₀:
@@ -230,20 +235,29 @@ def run_ula(
                 )
         return y
 
+    stiff = ParticleStiffness(path, sde_solver, 2.0, "ula", generator=torch.Generator().manual_seed(0)) if stiffness_check else None
     if resumed is None:
         y, rec, start, wall0 = x0, Recorder(), 0, 0.0
         check_target_finite(path, x0, float(grid[out_idx[0]]))
+        if stiff is not None:
+            stiff.start(x0, float(grid[0]), float(grid[1] - grid[0]))
         rec.add(float(grid[out_idx[0]]), x0)
     else:
         y, rec, start, sde.nfe, wall0, _ = restore_record(resumed, device, dtype)
+        if stiff is not None and resumed.get("stiffness") is not None:
+            stiff.load_state_dict(resumed["stiffness"])
 
     def record(y: Tensor, k: int) -> bool:
-        check_target_finite(path, y, float(grid[out_idx[k]]))
-        rec.add(float(grid[out_idx[k]]), y)
+        i = int(out_idx[k])
+        check_target_finite(path, y, float(grid[i]))
+        if stiff is not None and i < grid.numel() - 1:
+            stiff.check(y, float(grid[i]), float(grid[i + 1] - grid[i]), i)
+        rec.add(float(grid[i]), y)
         return False
 
     def save_ckpt(y: Tensor, k: int, stopped: bool) -> None:
-        ckpt.save(y, k, rec, sde.nfe, time.perf_counter() - t_start + wall0, {})
+        ckpt.save(y, k, rec, sde.nfe, time.perf_counter() - t_start + wall0, {},
+                  stiffness=None if stiff is None else stiff.state_dict())
 
     t_start = time.perf_counter()
     with torch.no_grad():
@@ -261,6 +275,8 @@ def run_ula(
         "brownian_entropy": entropy,
         "n_steps": int(grid.numel() - 1),
     }
+    if stiff is not None:
+        info["stiffness_x"] = stiff.record()
     return Result(
         particles=packed["trajectory"][-1],
         times=packed["times"],
