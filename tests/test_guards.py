@@ -160,3 +160,8 @@ def test_ula_on_posteriordb_ark_at_the_default_step_is_refused():
     ark = sf.posteriordb.load("arK")
     with pytest.raises(sf.SamplingError, match=r"particle block X is stiff for 'euler' at t=0: dt·λ_max.*use dt <= "):
         sf.sample(ark, method="ula", n=100, t_final=1.0, seed=0)
+
+
+def test_a_log_prob_returning_a_float_is_refused_by_sample():
+    with pytest.raises(ValueError, match="log_prob must return a torch tensor of shape \\(10,\\).*got float"):
+        sf.sample(sf.from_log_prob(lambda y: 0.0, 2), method="ula", n=10)
