@@ -28,7 +28,7 @@ from .density import l2_error_1d
 from .files import save_torch, write_json
 from .result import Result
 from .sampling import sample
-from .targets import Gaussian, GaussianMixture
+from .targets import BENCHMARK_TARGETS, Gaussian, GaussianMixture
 
 __all__ = ["Experiment", "EXPERIMENTS", "TARGETS", "run_experiment", "make_target", "paper_targets"]
 
@@ -60,6 +60,8 @@ TARGETS: dict[str, Callable[[], object]] = {
     "arK": lambda: _posterior("arK"),
     "gp_pois_regr": lambda: _posterior("gp_pois_regr"),
     "diamonds": lambda: _posterior("diamonds"),
+    # the standard hard targets of the sampling literature (sbtm_flows.targets.benchmarks)
+    **BENCHMARK_TARGETS,
 }
 
 
