@@ -86,15 +86,18 @@ class FiniteTargetGuard:
         return {}
 
 
-def _outside(train: Tensor, held: Tensor, widths: float) -> Tensor:
+def _outside(train: Tensor, held: Tensor, widths: float, below: bool = True) -> Tensor:
     """Bool ``(m,)``: rows of ``held (m, k)`` with an entry beyond the finite range of
-    ``train (n, k)`` widened by ``widths`` range-widths on each side (or not finite)."""
+    ``train (n, k)`` widened by ``widths`` range-widths on each side (only above when not
+    ``below``), or not finite."""
     big = torch.finfo(train.dtype).max
     ok = torch.isfinite(train)
     lo = torch.where(ok, train, big).min(0).values
     hi = torch.where(ok, train, -big).max(0).values
     span = (hi - lo).clamp_min(0)
-    bad = (held < lo - widths * span) | (held > hi + widths * span) | ~torch.isfinite(held)
+    bad = (held > hi + widths * span) | ~torch.isfinite(held)
+    if below:
+        bad |= held < lo - widths * span
     return bad.any(-1)
 
 
@@ -105,10 +108,11 @@ def holdout_outliers(x_train: Tensor, x_hold: Tensor, logd_train: Tensor | None 
     The flow moves held-out particles with s_Θ, which is only trained where the training
     particles are; one that wanders off (e.g. into a target's far tail, where s_Θ
     extrapolates) gets a meaningless tracked log-density ℓ, and a single ℓ ≈ +1400 ruins
-    ``kl_plus_logz``/``log_z``/``ess``.  Particle i is an outlier when a coordinate of x̃ᵢ,
-    or its ℓ̃ᵢ, lies beyond the training particles' range [min, max] widened by ``widths``
-    range-widths on each side (for n = 1000 Gaussian training particles that is beyond about
-    ±9.6σ for each coordinate: no false alarms in practice), or is not finite.
+    ``kl_plus_logz``/``log_z``/``ess``.  Particle i is an outlier when a coordinate of x̃ᵢ
+    lies beyond the training particles' range [min, max] widened by ``widths`` range-widths
+    on each side (for n = 1000 Gaussian training particles that is beyond about ±9.6σ: no
+    false alarms in practice), when its ℓ̃ᵢ lies that far above the training particles' ℓ
+    range, or when either is not finite.
 
     Args:
         x_train: training particles ``(n, d)``; x_hold: held-out particles ``(m, d)``.
@@ -120,7 +124,9 @@ def holdout_outliers(x_train: Tensor, x_hold: Tensor, logd_train: Tensor | None 
     """
     out = _outside(x_train.detach(), x_hold.detach(), widths)
     if logd_train is not None and logd_hold is not None:
-        out |= _outside(logd_train.detach().reshape(-1, 1), logd_hold.detach().reshape(-1, 1), widths)
+        # ℓ only from above: a low ℓ (a held-out particle in the init law's far tail, more likely
+        # among many held-out than few training particles) has a negligible weight anyway
+        out |= _outside(logd_train.detach().reshape(-1, 1), logd_hold.detach().reshape(-1, 1), widths, below=False)
     return out
 
 

@@ -58,6 +58,7 @@ def test_escaping_held_out_particles_are_flagged_and_regular_ones_are_not():
     xh[7] = torch.tensor([0.3, 350.0])  # the banana escapee: x₂ ≈ 350 ...
     ellh[11] = 1400.0  # ... and a tracked log-density ≈ +1400 at an ordinary position
     ellh[12] = float("nan")
+    ellh[13] = -1400.0  # a very low ℓ weighs nothing: kept
     out = holdout_outliers(x, xh, ell, ellh)
     assert out.nonzero().flatten().tolist() == [7, 11, 12]
     assert holdout_outliers(x, xh).nonzero().flatten().tolist() == [7]  # positions only
