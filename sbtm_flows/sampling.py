@@ -40,6 +40,7 @@ from .targets import Gaussian, Target, check_particles
 
 __all__ = [
     "sample", "SOLVERS", "FIXED_GRID_SOLVERS", "METHODS", "TRAININGS", "Recorder", "drive", "make_generator", "prepare_run",
+    "interrupt_hook",
 ]
 
 #: torchdiffeq's registry: method name -> solver class.
@@ -63,6 +64,8 @@ def resolve_device(device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {device!r} ({e})") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be 'cpu', 'cuda[:i]' or 'mps', got {device!r} (a {dev.type!r} device holds no data to sample)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine (use device='cpu')")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -77,8 +80,8 @@ def make_generator(seed: int | None) -> torch.Generator:
     if seed is None:
         g.seed()
         return g
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64) or None, got {seed!r}")
     g.manual_seed(int(seed))
     return g
 
@@ -152,8 +155,11 @@ def _moved(obj, dtype, device):
 def check_initial_score(path: Path, x0: Tensor, t0: float) -> None:
     """Raise if ∇log π_{t0} is NaN/inf or has the wrong shape at the initial particles."""
     g = path.score(x0, t0)
-    if not isinstance(g, Tensor) or g.shape != x0.shape:
-        raise ValueError(f"target score must return shape {tuple(x0.shape)}, got {getattr(g, 'shape', type(g))}")
+    if not isinstance(g, Tensor):
+        raise ValueError(f"target score must return a torch tensor of shape {tuple(x0.shape)}, got a {type(g).__name__}"
+                         f"{' of shape ' + str(tuple(g.shape)) if hasattr(g, 'shape') else ''} (convert with torch.as_tensor)")
+    if g.shape != x0.shape:
+        raise ValueError(f"target score must return shape {tuple(x0.shape)}, got {tuple(g.shape)}")
     bad = ~torch.isfinite(g).all(-1)
     if bad.any():
         i = int(bad.nonzero()[0, 0])
@@ -171,7 +177,9 @@ def output_grid(path: Path, t0: float, t_final: float, dt: float, save_every: in
     """``(grid, out_idx)``: the integration grid (fixed-step solvers) and the indices of the
     output times in it.  For adaptive solvers the grid is the output times themselves."""
     if times is not None:
-        times = torch.as_tensor(times, dtype=torch.float64).flatten()
+        times = torch.as_tensor(times, dtype=torch.float64)
+        if times.ndim != 1:
+            raise ValueError(f"times must be a 1-D sequence of output times, got shape {tuple(times.shape)}")
         if times.numel() < 2 or not (times[1:] > times[:-1]).all():
             raise ValueError("times must be increasing with at least 2 entries")
         if abs(float(times[0]) - t0) > 1e-12 or abs(float(times[-1]) - t_final) > 1e-12:
@@ -239,6 +247,12 @@ class Recorder:
         for k, v in (diag or {}).items():
             self.diags.setdefault(k, []).append(float(v))
 
+    def truncate(self, m: int) -> None:
+        """Keep the first ``m`` output times (drop a half-recorded one after an interrupt)."""
+        for name in ("times", "xs", "thetas", "logds", "holdout_xs", "holdout_logds"):
+            setattr(self, name, getattr(self, name)[:m])
+        self.diags = {k: v[:m] for k, v in self.diags.items()}
+
     def state_dict(self) -> dict:
         """Plain contents (for checkpoints)."""
         return {"times": self.times, "xs": self.xs, "thetas": self.thetas, "logds": self.logds, "diags": self.diags,
@@ -277,11 +291,14 @@ def drive(
     checkpoint_every: int = 0,
     desc: str = "",
     postfix: Callable[[], dict] | None = None,
+    on_interrupt: Callable[[Any, int], None] | None = None,
 ):
     """The one integration loop: for each output interval k → k+1, ``y = advance(y, i0, i1)``
     (grid indices), then ``record(y, k+1)``; stop early when ``record`` returns True.
     ``checkpoint(y, k+1, stopped)`` runs every ``checkpoint_every`` intervals, at an early stop
-    and after the last interval.
+    and after the last interval.  On KeyboardInterrupt, ``on_interrupt(y, k)`` gets the state
+    at the last output time k fully recorded (also attached to the exception as ``.state``,
+    ``.k``) and the interrupt propagates.
 
     Returns ``(y, last_k, stopped)``."""
     from tqdm.auto import tqdm
@@ -289,10 +306,12 @@ def drive(
     n_chunks = len(out_idx) - 1
     bar = tqdm(total=n_chunks, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     k, stopped = start, False
+    done = (y, start)
     try:
         for k in range(start, n_chunks):
             y = advance(y, int(out_idx[k]), int(out_idx[k + 1]))
             stopped = bool(record(y, k + 1))
+            done = (y, k + 1)
             bar.update(1)
             if progress and postfix is not None:
                 bar.set_postfix(postfix(), refresh=False)
@@ -303,6 +322,11 @@ def drive(
                 break
         else:
             k = n_chunks - 1
+    except KeyboardInterrupt as e:  # Ctrl-C: hand the last completed output time to the caller
+        e.state, e.k = done
+        if on_interrupt is not None:
+            on_interrupt(*done)
+        raise
     finally:
         bar.close()
     return y, k + 1, stopped
@@ -375,8 +399,9 @@ def prepare_run(target, init, n, t0: float, t_final: float, dt: float, save_ever
 
     Returns ``(path, generator, x0 (n, d), init_target, dtype, device)``."""
     for name, v in (("dt", dt), ("t_final", t_final), ("t0", t0)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
+    dt, t_final, t0 = float(dt), float(t_final), float(t0)
     if not dt > 0:
         raise ValueError(f"dt must be > 0, got {dt}")
     if not t_final > t0:
@@ -551,7 +576,9 @@ def run_sbtm(
     _check_positive("record_ntk_every", record_ntk_every, integer=True, allow_none=True)
     if record_ntk_every is not None and training != "flow":
         raise ValueError(f"record_ntk_every needs training='flow', got training={training!r}")
-    eta = _resolve_eta(eta)
+    if isinstance(init_steps, bool) or not isinstance(init_steps, numbers.Integral) or init_steps < 0:
+        raise ValueError(f"init_steps must be a non-negative integer, got {init_steps!r}")
+    eta = _resolve_eta(eta, t0)
     holdout = check_holdout(holdout)
     fixed = solver in FIXED_GRID_SOLVERS
     path, gen, x0, init_target, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
@@ -677,22 +704,40 @@ def run_sbtm(
         options = dict(solver_options or {})
         return odeint_chunk(dyn, y, ts, solver, rtol, atol, options)
 
-    def save_ckpt(y, k, stopped):
-        ckpt.save(y, k, rec, dyn.nfe, time.perf_counter() - t_start + wall0, info, stopped=stopped,
-                  stiffness_x=None if xstiff is None else xstiff.state_dict(), **_sbtm_state(dyn, training, monitor))
+    def live_state() -> dict:
+        return {"nfe": dyn.nfe, "stiffness_x": None if xstiff is None else xstiff.state_dict(), **_sbtm_state(dyn, training, monitor)}
+
+    snapshot: dict = {}  # the mutable state (network, optimizer, generators) at the last output time
+
+    def save_ckpt(y, k, stopped, state=None):
+        state = dict(live_state() if state is None else state)
+        ckpt.save(y, k, rec, state.pop("nfe"), time.perf_counter() - t_start + wall0, info, stopped=stopped, **state)
+
+    def record_and_snapshot(y, k) -> bool:
+        stop = record(y, k)
+        if ckpt is not None:  # a Ctrl-C mid-interval leaves the network trained past t_k: save this instead
+            snapshot.update(copy.deepcopy(live_state()))
+        return stop
 
     t_start = time.perf_counter()
     if resumed is None:
         stopped = record(y, 0)
     else:  # a checkpoint written at an early stop (stop_fisher) is the end of the run
         stopped = bool(resumed.get("stopped", False))
-    k_end = start
+    k_end, interrupted = start, None
     if not stopped:
-        y, k_end, stopped = drive(
-            advance, record, y, out_idx, grid, start=start, progress=progress,
-            checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
-            desc="sbtm", postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": dyn.nfe, "F": f"{rec.diags['fisher'][-1]:.3g}"},
-        )
+        try:
+            if ckpt is not None:
+                snapshot.update(copy.deepcopy(live_state()))
+            y, k_end, stopped = drive(
+                advance, record_and_snapshot, y, out_idx, grid, start=start, progress=progress,
+                checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
+                desc="sbtm", postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": dyn.nfe, "F": f"{rec.diags['fisher'][-1]:.3g}"},
+                on_interrupt=interrupt_hook(rec, (lambda y_, k_, _s: save_ckpt(y_, k_, False, snapshot)) if ckpt is not None else None),
+            )
+        except KeyboardInterrupt as e:
+            interrupted, y = e, e.state
+            info["interrupted"] = f"at t = {rec.times[-1]:.6g} (output time {e.k} of {len(out_idx) - 1})"
     wall = time.perf_counter() - t_start + wall0
     if stopped:
         info["stopped"] = f"F^n = {rec.diags['fisher'][-1]:.4g} < stop_fisher = {stop_fisher} at t = {rec.times[-1]:.6g}"
@@ -711,7 +756,7 @@ def run_sbtm(
     last = {k: (v[-1] if v is not None else None) for k, v in packed.items() if k.endswith("trajectory")}
     final_logd = last["log_density_trajectory"]
     final_logdh = last["holdout_log_density_trajectory"]
-    return Result(
+    result = Result(
         particles=packed["trajectory"][-1],
         times=packed["times"],
         trajectory=packed["trajectory"],
@@ -733,6 +778,22 @@ def run_sbtm(
         holdout_log_target=log_target(last["holdout_trajectory"]) if final_logdh is not None and log_target is not None else None,
         holdout_lost=dyn.holdout_velocity(rec.times[-1], y, state_parts(y, rec.times[-1])[2])[2].cpu() if holdout else None,
     )
+    if interrupted is not None:
+        interrupted.result = result  # the partial Result, for whoever catches the Ctrl-C
+        raise interrupted
+    return result
+
+
+def interrupt_hook(rec: Recorder, save: Callable | None) -> Callable[[Any, int], None]:
+    """What :func:`drive` runs on Ctrl-C: keep the output times 0..k fully recorded and write the
+    checkpoint of state y at k (when checkpointing)."""
+
+    def hook(y, k: int) -> None:
+        rec.truncate(k + 1)
+        if save is not None:
+            save(y, k, False)
+
+    return hook
 
 
 METHODS["sbtm"] = run_sbtm
@@ -775,9 +836,10 @@ def _score_config(model, times: Tensor) -> dict | None:
     return cfg
 
 
-def _resolve_eta(eta):
+def _resolve_eta(eta, t0: float = 0.0):
     """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``; an ``AutoEta``
-    or ``NTKEta`` is copied (``sample`` sets its value / ceiling)."""
+    or ``NTKEta`` is copied (``sample`` sets its value / ceiling); a callable of t must return a
+    finite non-negative number at ``t0``."""
     from .ntk import NTKEta
 
     if isinstance(eta, str):
@@ -788,6 +850,10 @@ def _resolve_eta(eta):
         raise ValueError(f"eta must be a number, a callable of t, 'auto', 'ntk' or an NTKEta, got {eta!r}")
     if isinstance(eta, (NTKEta, AutoEta)):
         return copy.copy(eta)
+    if callable(eta):
+        v = eta(t0)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"eta(t) must return a finite non-negative number; eta({t0:g}) returned {v!r}")
     return eta
 
 

@@ -43,6 +43,7 @@ from .sampling import (
     Recorder,
     _config_of,
     drive,
+    interrupt_hook,
     output_grid,
     prepare_run,
     restore_record,
@@ -260,10 +261,15 @@ def run_ula(
                   stiffness=None if stiff is None else stiff.state_dict())
 
     t_start = time.perf_counter()
-    with torch.no_grad():
-        drive(advance, record, y, out_idx, grid, start=start, progress=progress, desc="ula",
-              checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
-              postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": sde.nfe})
+    interrupted = None
+    try:
+        with torch.no_grad():
+            drive(advance, record, y, out_idx, grid, start=start, progress=progress, desc="ula",
+                  checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
+                  postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": sde.nfe},
+                  on_interrupt=interrupt_hook(rec, save_ckpt if ckpt is not None else None))
+    except KeyboardInterrupt as e:
+        interrupted = e
     wall = time.perf_counter() - t_start + wall0
     packed = rec.pack()
     info = {
@@ -277,7 +283,9 @@ def run_ula(
     }
     if stiff is not None:
         info["stiffness_x"] = stiff.record()
-    return Result(
+    if interrupted is not None:
+        info["interrupted"] = f"at t = {rec.times[-1]:.6g} (output time {interrupted.k} of {len(out_idx) - 1})"
+    result = Result(
         particles=packed["trajectory"][-1],
         times=packed["times"],
         trajectory=packed["trajectory"],
@@ -288,6 +296,10 @@ def run_ula(
         config=_config_of(args),
         info=info,
     )
+    if interrupted is not None:
+        interrupted.result = result  # the partial Result, for whoever catches the Ctrl-C
+        raise interrupted
+    return result
 
 
 METHODS["ula"] = run_ula

@@ -171,7 +171,6 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path):
     assert p.returncode == 2 and "different arguments: t_final" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skip(reason="needs the run loop's interrupt support (lands with loop.run)")
 def test_ctrl_c_writes_a_checkpoint_and_partial_results_and_exits_130(tmp_path):
     import signal
     import time
