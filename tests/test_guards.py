@@ -166,3 +166,23 @@ def test_ula_on_posteriordb_ark_at_the_default_step_is_refused():
 def test_a_log_prob_returning_a_float_is_refused_by_sample():
     with pytest.raises(ValueError, match="log_prob must return a torch tensor of shape \\(10,\\).*got float"):
         sf.sample(sf.from_log_prob(lambda y: 0.0, 2), method="ula", n=10)
+
+
+def test_the_stiffness_monitors_look_every_50_steps_between_far_apart_output_times(monkeypatch):
+    from sbtm_flows.dynamics import StiffnessMonitor
+
+    seen = []
+    real = StiffnessMonitor.estimate
+
+    def spy(self, y, iters=None, t=None):
+        seen.append(round(float(t), 6))
+        return real(self, y, iters, t)
+
+    kw = dict(init=sf.Gaussian(torch.zeros(2), 0.5 * torch.eye(2)), n=40, t_final=2.0, dt=0.01, init_steps=20, seed=0,
+              training="flow", save_every=200)
+    monkeypatch.setattr(StiffnessMonitor, "estimate", spy)
+    res = sf.sample(sf.Gaussian(torch.zeros(2), torch.eye(2)), **kw)
+    assert seen == [0.0, 0.5, 1.0, 1.5]  # pre-run, then every 50 steps although the outputs are 200 steps apart
+    monkeypatch.undo()
+    off = sf.sample(sf.Gaussian(torch.zeros(2), torch.eye(2)), stiffness_check=False, **kw)
+    assert torch.equal(res.trajectory, off.trajectory)  # integrating in pieces changes nothing
