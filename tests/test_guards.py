@@ -169,7 +169,7 @@ def test_a_log_prob_returning_a_float_is_refused_by_sample():
 
 
 def test_the_stiffness_monitors_look_every_50_steps_between_far_apart_output_times(monkeypatch):
-    from sbtm_flows.dynamics import StiffnessMonitor
+    from sbtm_flows.stiffness import StiffnessMonitor
 
     seen = []
     real = StiffnessMonitor.estimate
