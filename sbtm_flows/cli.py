@@ -147,9 +147,27 @@ def _cmd_run(a) -> int:
     _validate(cfg, EXPERIMENTS[cfg["experiment"]].defaults)
     ckpt = _checkpoint_dir(a)
     _writable_dir(out)
-    metrics = run_experiment(cfg, out, progress=not a.no_progress, checkpoint=ckpt, resume=a.resume)
+    try:
+        metrics = run_experiment(cfg, out, progress=not a.no_progress, checkpoint=ckpt, resume=a.resume)
+    except KeyboardInterrupt as e:
+        return _interrupted(e, out, ckpt)
     print(f"{cfg['experiment']}: wrote {out}/ (metrics.json, figures); wall time {metrics['total_wall_time_s']:.1f} s")
     return 0
+
+
+def _interrupted(e: KeyboardInterrupt, out: pathlib.Path, ckpt: pathlib.Path | None) -> int:
+    """Ctrl-C: write the partial Result the run loop attached (``e.result``: every output time
+    reached) as ``partial_<method>.pt``, say where it and the last checkpoint are, in one line; 130."""
+    res = getattr(e, "result", None)
+    said = "sbtm-flows: interrupted"
+    if res is not None:
+        path = out / f"partial_{res.method or 'result'}.pt"
+        res.save(path)
+        said += f" at t={float(res.times[-1]):.6g}; partial results in {path}"
+    if ckpt is not None:
+        said += f"; checkpoint in {ckpt}/ (rerun with --resume to continue)"
+    print(said, file=sys.stderr)
+    return 130
 
 
 def _checkpoint_dir(a) -> pathlib.Path | None:
@@ -218,7 +236,10 @@ def _cmd_sample(a) -> int:
         kw.pop("sde_solver", None)
     if ckpt is not None:
         kw.update(checkpoint=ckpt / f"{a.method}.ckpt", resume=a.resume)
-    res = sample(target, method=a.method, progress=not a.no_progress, **kw)
+    try:
+        res = sample(target, method=a.method, progress=not a.no_progress, **kw)
+    except KeyboardInterrupt as e:
+        return _interrupted(e, out, ckpt)
     res.save(out / "result.pt")
     save_torch(res.particles.cpu(), out / "particles.pt")
     summary = {"target": a.target, "method": a.method, "n": res.n, "t_final": float(res.times[-1]), "nfe": res.nfe,
