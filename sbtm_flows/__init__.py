@@ -4,11 +4,12 @@ Sample from an unnormalised density π: particles follow dX/dt = ∇log π_t(X) 
 while the score network s_Θ ≈ ∇log f_t is trained online by implicit score matching.
 """
 
-from . import diagnostics, dynamics, fokker_planck, logdensity, losses, metrics, ntk, paths, plotting, posteriordb, score, sde, targets
+from . import diagnostics, dynamics, fokker_planck, logdensity, losses, mala, metrics, ntk, paths, plotting, posteriordb, score, sde, targets
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
 from .fokker_planck import FokkerPlanck1D, fokker_planck_1d
 from .logdensity import ImportanceEstimate, effective_sample_size, importance, log_z_estimate
+from .mala import MALA, MALAConfig
 from .metrics import compare_laws, energy_distance, mode_tv, mode_weights, sinkhorn, sliced_wasserstein, tv_distance
 from .ntk import NTKEta, empirical_ntk, eta_condition, ntk_matvec, ntk_min_eigenvalue
 from .paths import Constant, Dilation, Geometric, Path, as_path
@@ -25,6 +26,9 @@ __all__ = [
     "losses",
     "metrics",
     "ntk",
+    "mala",
+    "MALA",
+    "MALAConfig",
     "plotting",
     "posteriordb",
     "NTKEta",
