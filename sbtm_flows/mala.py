@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .checkpoint import Checkpoint, target_fingerprint
+from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .errors import SamplingError
 from .paths import Constant, as_path
 from .result import Result
@@ -260,7 +260,7 @@ def run_mala(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
-    resume: bool = False,
+    resume: bool | str = False,
 ) -> Result:
     r"""Run MALA (``sf.sample(target, method="mala", ...)``): n parallel chains from ``init``,
     ``warmup`` iterations adapting the shared step size toward acceptance ``target_accept``,
@@ -289,13 +289,14 @@ def run_mala(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int (iterations after warm-up), got {steps!r}")
     cfg = MALAConfig(step_size=step_size, warmup=warmup, target_accept=target_accept)
+    check_resume(resume)
     fixed = _fixed_target(target)
     total = warmup + steps
     path, gen, x0, _, dtype, device = prepare_run(fixed, init, n, 0.0, float(total), 1.0, save_every, seed, dtype, device)
     sampler = MALA(path.target, cfg)
     times = list(range(0, total, int(save_every))) + [total]
     times = torch.tensor(times, dtype=torch.float64)
-    ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, 0.0, float(total))) if checkpoint is not None else None
+    ckpt = Checkpoint(checkpoint, args, target_fingerprint(path, x0, 0.0, float(total))) if checkpoint is not None else None
     res = _drive_sampler(sampler, lambda: sampler.init(x0, 0.0, gen), times, ckpt, resume, progress, int(checkpoint_every))
     res.config = _config_of(args)
     res.method = "mala"
@@ -311,7 +312,7 @@ def _drive_sampler(sampler, start, times: Tensor, ckpt, resume: bool, progress: 
         rec.add(float(times[0]), sampler.particles(state), diag=sampler.observe(state, float(times[0]), 0))
     else:
         state = sampler.load_state_dict(blob["sampler"])
-        rec = Recorder(times=blob["record"]["times"], xs=list(blob["record"]["xs"]), diags=blob["record"]["diags"])
+        rec = Recorder(times=list(blob["record"]["times"]), xs=list(blob["record"]["xs"]), diags=blob["record"]["diags"])
         k0, wall0 = int(blob["k"]), float(blob["wall"])
     grid = times
 
@@ -323,7 +324,8 @@ def _drive_sampler(sampler, start, times: Tensor, ckpt, resume: bool, progress: 
         return False
 
     def save(s, k, stopped):
-        ckpt.save(s.x, k, rec, sampler.nfe(s), time.perf_counter() - t_start + wall0, {}, sampler=sampler.state_dict(s))
+        ckpt.save({"k": k, "record": rec.state_dict(), "wall": time.perf_counter() - t_start + wall0,
+                   "sampler": sampler.state_dict(s)})
 
     t_start = time.perf_counter()
     state, _, _ = drive(advance, record, state, torch.arange(times.numel()), grid, start=k0, progress=progress,
