@@ -149,3 +149,14 @@ def test_annealing_path_and_score_only_targets_refused():
     score_only = sf.from_score(lambda x: -x, dim=2)
     with pytest.raises(ValueError, match="log_prob"):
         sf.sample(score_only, method="mala", n=10)
+
+
+def test_cli_sample_mala(tmp_path):
+    from sbtm_flows.cli import main
+
+    out = tmp_path / "m"
+    assert main(["sample", "--target", "gaussian2d", "--method", "mala", "--n", "50", "--steps", "5", "--warmup", "5",
+                 "--step-size", "0.3", "--out", str(out), "--no-progress"]) == 0
+    res = sf.load(out / "result.pt")
+    assert res.method == "mala" and res.nfe == 11 and res.particles.shape == (50, 2) and "acceptance" in res.diagnostics
+    assert main(["sample", "--target", "gaussian2d", "--method", "ula", "--steps", "5", "--out", str(out)]) == 2
