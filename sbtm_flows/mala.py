@@ -26,7 +26,7 @@ initial particles, t = warmup + steps the last), each iteration costs one evalua
 ∇log π and one of log π at the proposals (``Result.nfe`` counts the score evaluations, the initial
 one included; ``info["log_prob_evaluations"]`` the log-densities).
 
-The sampler follows the run-loop protocol (``init``/``advance``/``state_dict``/
+The sampler follows the run-loop protocol of :mod:`sbtm_flows.loop` (``init``/``advance``/``state_dict``/
 ``load_state_dict``/``particles`` and the optional ``observe``/``nfe``/``finish`` hooks): its
 State holds the particles, log π and ∇log π there, the step-size adaptation and the generator
 state, so a checkpointed run resumes bitwise.  :func:`run_mala` is ``sf.sample(..., method="mala")``.
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -44,9 +43,10 @@ from torch import Tensor
 
 from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .errors import SamplingError
+from .loop import config_of, prepare_run, run
 from .paths import Constant, as_path
 from .result import Result
-from .sampling import METHODS, Recorder, _config_of, drive, prepare_run
+from .sampling import METHODS
 
 __all__ = ["MALAConfig", "MALAState", "MALA", "run_mala", "mala_log_alpha"]
 
@@ -261,6 +261,7 @@ def run_mala(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
     resume: bool | str = False,
+    **unknown,
 ) -> Result:
     r"""Run MALA (``sf.sample(target, method="mala", ...)``): n parallel chains from ``init``,
     ``warmup`` iterations adapting the shared step size toward acceptance ``target_accept``,
@@ -284,8 +285,16 @@ def run_mala(
     Raises:
         ValueError: bad arguments; SamplingError: chains or log π became NaN/inf.
     """
+    if unknown:
+        from .config import CONFIGS
+
+        key = sorted(unknown)[0]
+        others = sorted(m for m, c in CONFIGS.items() if key in c.__dataclass_fields__)
+        where = f"it is an option of method={' / '.join(repr(m) for m in others)}" if others else "no method takes it"
+        raise ValueError(f"method='mala' has no option {key!r} (MALA takes steps, warmup, step_size, target_accept); {where}")
     args = dict(locals())
     args.pop("target")
+    args.pop("unknown")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int (iterations after warm-up), got {steps!r}")
     cfg = MALAConfig(step_size=step_size, warmup=warmup, target_accept=target_accept)
@@ -294,49 +303,10 @@ def run_mala(
     total = warmup + steps
     path, gen, x0, _, dtype, device = prepare_run(fixed, init, n, 0.0, float(total), 1.0, save_every, seed, dtype, device)
     sampler = MALA(path.target, cfg)
-    times = list(range(0, total, int(save_every))) + [total]
-    times = torch.tensor(times, dtype=torch.float64)
+    times = torch.tensor(list(range(0, total, int(save_every))) + [total], dtype=torch.float64)
     ckpt = Checkpoint(checkpoint, args, target_fingerprint(path, x0, 0.0, float(total))) if checkpoint is not None else None
-    res = _drive_sampler(sampler, lambda: sampler.init(x0, 0.0, gen), times, ckpt, resume, progress, int(checkpoint_every))
-    res.config = _config_of(args)
-    res.method = "mala"
-    return res
-
-
-def _drive_sampler(sampler, start, times: Tensor, ckpt, resume: bool, progress: bool, every: int) -> Result:
-    """A minimal run loop for a protocol sampler (until :mod:`sbtm_flows.loop` lands): records
-    the particles and ``observe`` diagnostics at each output time, checkpoints, packs a Result."""
-    blob = ckpt.load() if (ckpt is not None and resume) else None
-    if blob is None:
-        state, rec, k0, wall0 = start(), Recorder(), 0, 0.0
-        rec.add(float(times[0]), sampler.particles(state), diag=sampler.observe(state, float(times[0]), 0))
-    else:
-        state = sampler.load_state_dict(blob["sampler"])
-        rec = Recorder(times=list(blob["record"]["times"]), xs=list(blob["record"]["xs"]), diags=blob["record"]["diags"])
-        k0, wall0 = int(blob["k"]), float(blob["wall"])
-    grid = times
-
-    def advance(s, i0, i1):
-        return sampler.advance(s, float(grid[i0]), float(grid[i1]))
-
-    def record(s, k):
-        rec.add(float(grid[k]), sampler.particles(s), diag=sampler.observe(s, float(grid[k]), k))
-        return False
-
-    def save(s, k, stopped):
-        ckpt.save({"k": k, "record": rec.state_dict(), "wall": time.perf_counter() - t_start + wall0,
-                   "sampler": sampler.state_dict(s)})
-
-    t_start = time.perf_counter()
-    state, _, _ = drive(advance, record, state, torch.arange(times.numel()), grid, start=k0, progress=progress,
-                        checkpoint=save if ckpt is not None else None, checkpoint_every=every, desc="mala",
-                        postfix=lambda: {"it": state.it, "acc": f"{rec.diags['acceptance'][-1]:.2f}"})
-    packed = rec.pack()
-    info: dict = {}
-    sampler.finish(state, packed, info)
-    return Result(particles=packed["trajectory"][-1], times=packed["times"], trajectory=packed["trajectory"],
-                  diagnostics=packed["diagnostics"], nfe=sampler.nfe(state), wall_time=time.perf_counter() - t_start + wall0,
-                  info=info)
+    return run(sampler, lambda: sampler.init(x0, 0.0, gen), times, checkpoint=ckpt, checkpoint_every=int(checkpoint_every),
+               resume=resume, progress=progress, method="mala", config=config_of(args))
 
 
 METHODS["mala"] = run_mala

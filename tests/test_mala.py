@@ -160,3 +160,10 @@ def test_cli_sample_mala(tmp_path):
     res = sf.load(out / "result.pt")
     assert res.method == "mala" and res.nfe == 11 and res.particles.shape == (50, 2) and "acceptance" in res.diagnostics
     assert main(["sample", "--target", "gaussian2d", "--method", "ula", "--steps", "5", "--out", str(out)]) == 2
+
+
+def test_options_of_other_methods_refused():
+    with pytest.raises(ValueError, match="no option 'eta'.*method='sbtm'"):
+        sf.sample(CORR, method="mala", n=10, eta=1.0)
+    with pytest.raises(ValueError, match="no option 't_final'"):
+        sf.sample(CORR, method="mala", n=10, t_final=2.0)
