@@ -4,7 +4,7 @@ Sample from an unnormalised density π: particles follow dX/dt = ∇log π_t(X) 
 while the score network s_Θ ≈ ∇log f_t is trained online by implicit score matching.
 """
 
-from . import diagnostics, dynamics, fokker_planck, logdensity, losses, metrics, ntk, paths, plotting, posteriordb, score, sde, targets
+from . import diagnostics, dynamics, fokker_planck, learned, logdensity, losses, metrics, ntk, paths, plotting, posteriordb, score, sde, targets
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
 from .fokker_planck import FokkerPlanck1D, fokker_planck_1d
@@ -20,6 +20,7 @@ from .targets import Gaussian, GaussianMixture, Target, from_log_prob, from_scor
 
 __all__ = [
     "diagnostics",
+    "learned",
     "dynamics",
     "logdensity",
     "losses",

@@ -83,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_options(r)
     s = sub.add_parser("sample", help="sample one target with one method")
     s.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
-    s.add_argument("--method", default="sbtm", help="sbtm or ula")
+    s.add_argument("--method", default="sbtm", help="sbtm, ula, pis or dis")
+    s.add_argument("--loss", choices=["log_variance", "kl"], help="pis/dis training loss (default log_variance)")
+    s.add_argument("--iterations", type=_positive_int, help="pis/dis training iterations")
     s.add_argument("--out", required=True, help="output folder")
     _add_run_options(s)
     sub.add_parser("list", help="list experiments, targets, methods and solvers")
@@ -103,7 +105,7 @@ def _writable_dir(path: pathlib.Path) -> pathlib.Path:
 
 def _overrides(a) -> dict:
     keys = {"n": "n", "t_final": "t_final", "dt": "dt", "solver": "solver", "sde_solver": "sde_solver",
-            "training": "training", "eta": "eta", "seed": "seed", "device": "device"}
+            "training": "training", "eta": "eta", "seed": "seed", "device": "device", "loss": "loss", "iterations": "iterations"}
     return {k: getattr(a, attr) for attr, k in keys.items() if getattr(a, attr, None) is not None}
 
 
@@ -150,12 +152,14 @@ def _cmd_sample(a) -> int:
     kw = _overrides(a)
     _check_names(kw)
     out = _writable_dir(pathlib.Path(a.out))
-    if a.method == "ula":
+    if a.method in ("ula", "pis", "dis"):
         kw.pop("solver", None)
         kw.pop("training", None)
         kw.pop("eta", None)
-    else:
+    if a.method != "ula":
         kw.pop("sde_solver", None)
+    if a.method not in ("pis", "dis") and ("loss" in kw or "iterations" in kw):
+        raise _CliError("sbtm-flows: --loss and --iterations are options of the learned diffusions (--method pis or dis)")
     res = sample(target, method=a.method, progress=not a.no_progress, **kw)
     res.save(out / "result.pt")
     torch.save(res.particles.cpu(), out / "particles.pt")
