@@ -203,6 +203,8 @@ def test_result_feeds_importance_and_metrics():
     assert math.isclose(est.ess, sf.effective_sample_size(lw), rel_tol=1e-9)
     assert math.isclose(r.info["log_z"], sf.log_z_estimate(lw), rel_tol=1e-9, abs_tol=1e-12)
     assert r.nfe > 0 and r.info["score_evals"] > 0 and r.diagnostics["log_z"].shape == r.times.shape
+    cmp = sf.compare_laws(r, tgt, floor_reps=2)  # the samples at each output iteration against π
+    assert cmp.distance.shape == r.times.shape and torch.isfinite(cmp.distance).all()
 
 
 def test_bad_input():

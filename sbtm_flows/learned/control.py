@@ -14,9 +14,9 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["ControlNet", "ACTIVATIONS"]
+from ..score import ACTIVATIONS
 
-ACTIVATIONS = {"silu": torch.nn.SiLU, "gelu": torch.nn.GELU, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+__all__ = ["ControlNet"]
 
 
 def _mlp(sizes: list[int], activation: str, generator: torch.Generator | None, dtype) -> torch.nn.Sequential:
@@ -55,13 +55,13 @@ class ControlNet(torch.nn.Module):
                  activation: str = "silu", n_freq: int = 8, clip: float = 1e4,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32):
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
         hidden = tuple(int(h) for h in hidden)
         if not hidden or min(hidden) < 1:
             raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
         self.dim, self.T, self.use_score, self.clip = dim, float(T), bool(use_score), float(clip)
         self.hidden, self.activation, self.n_freq = hidden, activation, int(n_freq)
         self.register_buffer("freqs", math.pi * torch.arange(1, n_freq + 1, dtype=dtype) / self.T)
