@@ -1,7 +1,8 @@
 """Learned diffusions (PIS / DIS): log-variance vs reverse KL on 25GMM, and Funnel / ManyWell rows.
 
 Run:  OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/learned_diffusions.py gmm [--seeds 0 1 2] [--iterations 600]
-      OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/learned_diffusions.py funnel manywell
+      OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/learned_diffusions.py funnel manywell --seeds 0
+      OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/learned_diffusions.py gmm --sbtm --seeds 0   # SBTM beside them
 Each run appends one JSON line to benchmarks/results/learned_diffusions.jsonl: target, method, loss,
 seed, ΔlogZ (IS estimate − true log Z), ELBO − log Z, ESS, EMC (entropy of the nearest-mode
 fractions / log K; 1 = all modes equally), the smallest mode fraction, Sinkhorn to exact
@@ -24,61 +25,11 @@ import sbtm_flows as sf
 OUT = Path(__file__).parent / "results" / "learned_diffusions.jsonl"
 
 
-# ---- targets: the issue-14 benchmark targets when installed, else local equivalents ----------
-def gmm25() -> sf.GaussianMixture:
-    """25 equal-weight N(m, 0.3 I), m ∈ {−10, −5, 0, 5, 10}² (the DGFS / learned-diffusion 25GMM)."""
-    g = torch.tensor([-10.0, -5.0, 0.0, 5.0, 10.0])
-    return sf.GaussianMixture(torch.cartesian_prod(g, g), math.sqrt(0.3))
-
-
-class LocalFunnel(sf.Target):
-    """x₀ ~ N(0, 9), xᵢ | x₀ ~ N(0, e^{x₀}) (d = 10), normalised."""
-
-    def __init__(self, dim: int = 10):
-        super().__init__()
-        self.dim, self.log_Z = dim, 0.0
-
-    def log_prob(self, x):
-        v, z = x[:, 0], x[:, 1:]
-        lp0 = -0.5 * v * v / 9.0 - 0.5 * math.log(2 * math.pi * 9.0)
-        return lp0 - 0.5 * (z * z).sum(1) * torch.exp(-v) - 0.5 * (self.dim - 1) * (v + math.log(2 * math.pi))
-
-    def sample(self, n, generator=None):
-        e = torch.randn(n, self.dim, generator=generator)
-        return torch.cat([3 * e[:, :1], e[:, 1:] * torch.exp(1.5 * e[:, :1])], 1)
-
-
-class LocalManyWell(sf.Target):
-    """16 independent 2-D double wells, log π̃ = −Σ (a⁴ − 6a² − ½a + ½b²) (d = 32)."""
-
-    def __init__(self, dim: int = 32):
-        super().__init__()
-        self.dim = dim
-        a = torch.linspace(-6, 6, 200001, dtype=torch.float64)
-        lw = -(a**4) + 6 * a**2 + 0.5 * a
-        cdf = torch.cumsum(torch.exp(lw - lw.max()), 0)
-        self.grid, self.cdf = a, cdf / cdf[-1]
-        log_z1 = float(lw.max() + torch.log(torch.exp(lw - lw.max()).sum() * (a[1] - a[0])))
-        self.log_Z = dim // 2 * (log_z1 + 0.5 * math.log(2 * math.pi))
-
-    def log_prob(self, x):
-        a, b = x[:, 0::2], x[:, 1::2]
-        return -(a**4 - 6 * a**2 - 0.5 * a + 0.5 * b * b).sum(1)
-
-    def sample(self, n, generator=None):
-        u = torch.rand(n, self.dim // 2, generator=generator, dtype=torch.float64)
-        a = self.grid[torch.searchsorted(self.cdf, u).clamp(max=self.grid.numel() - 1)]
-        b = torch.randn(n, self.dim // 2, generator=generator, dtype=torch.float64)
-        return torch.stack([a, b], -1).reshape(n, self.dim).float()
-
-
 def make(name: str):
-    try:  # issue 14's targets, once on main
-        from sbtm_flows.targets import benchmarks as tb  # type: ignore[attr-defined]
+    """The benchmark targets of :mod:`sbtm_flows.targets.benchmarks`."""
+    from sbtm_flows.targets import Funnel, ManyWell, gmm25
 
-        return {"gmm25": tb.gmm25, "funnel": lambda: tb.Funnel(10), "manywell": lambda: tb.ManyWell(32)}[name]()
-    except (ImportError, AttributeError):
-        return {"gmm25": gmm25, "funnel": LocalFunnel, "manywell": LocalManyWell}[name]()
+    return {"gmm25": gmm25, "funnel": lambda: Funnel(10), "manywell": lambda: ManyWell(32)}[name]()
 
 
 # ---- one run ----------------------------------------------------------------------------------
@@ -113,6 +64,25 @@ def run_one(name: str, method: str, loss: str, seed: int, iterations: int, setti
     return row
 
 
+def run_sbtm_row(name: str, seed: int, n: int, t_final: float, reg: float) -> dict:
+    """SBTM on a dilation path (λ₀ = 0.1, the paper's 5.4 set-up) from N(0, I): time and score evaluations."""
+    target = make(name)
+    init = sf.Gaussian(torch.zeros(target.dim), 1.0)
+    path = sf.Dilation(target, t_final=t_final, lam0=0.1)
+    t0 = time.perf_counter()
+    r = sf.sample(path, method="sbtm", init=init, n=n, t_final=t_final, dt=0.01, seed=seed, save_every=100)
+    row = {"target": name, "method": "sbtm", "loss": "ism (steps)", "seed": seed, "n": n, "t_final": t_final,
+           "wall_s": time.perf_counter() - t0, "nfe": r.nfe, "score_evals": r.nfe * n}
+    if hasattr(target, "means"):
+        row["emc"], row["min_mode"] = mode_stats(r.particles, target.means)
+    ref = target.sample(n, generator=torch.Generator().manual_seed(10_000 + seed)).to(r.particles)
+    row["sinkhorn"] = sf.sinkhorn(r.particles.double(), ref.double(), reg=reg)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    with OUT.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
 SETTINGS = {
     "gmm25": dict(n=2000, batch_size=256, dt=0.02, lr=5e-3, hidden=(64, 64), sigma=4.0),
     "funnel": dict(n=2000, batch_size=256, dt=0.02, lr=5e-3, hidden=(64, 64), sigma=1.0),
@@ -128,8 +98,13 @@ def main() -> None:
     ap.add_argument("--method", default="pis")
     ap.add_argument("--iterations", type=int, default=600)
     ap.add_argument("--reg", type=float, default=1.0)
+    ap.add_argument("--sbtm", action="store_true", help="SBTM rows instead (dilation path, n = 1000, T = 10)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.sbtm:
+        for t in a.targets:
+            run_sbtm_row("gmm25" if t == "gmm" else t, a.seeds[0], 1000, 10.0, a.reg)
+        return
     for t in a.targets:
         name = "gmm25" if t == "gmm" else t
         for seed in a.seeds:

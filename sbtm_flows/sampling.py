@@ -27,10 +27,11 @@ import torchdiffeq
 from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
-from .checkpoint import Checkpoint, target_fingerprint
+from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .diagnostics import cumulative_trapezoid, score_diagnostics
 from .dynamics import AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
+from .guards import check_target_finite
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
 from .result import Result
@@ -448,7 +449,7 @@ def run_sbtm(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
-    resume: bool = False,
+    resume: bool | str = False,
 ) -> Result:
     r"""Run SBTM: dX/dt = ∇log π_t(X) − s_Θ(X) with s_Θ trained online on the particles.
 
@@ -511,7 +512,9 @@ def run_sbtm(
         device, dtype: where and in which precision to run (float32 default).
         progress: show a tqdm progress bar.
         checkpoint, checkpoint_every, resume: write a checkpoint every ``checkpoint_every``
-            output times; with ``resume=True`` an existing checkpoint is continued.
+            output times; with ``resume=True`` an existing checkpoint of the same run (same
+            content fingerprint, see :mod:`sbtm_flows.checkpoint`) is continued;
+            ``resume="force"`` also accepts arguments that cannot be fingerprinted, with a warning.
 
     Raises:
         ValueError: bad arguments (names the argument and the valid values).
@@ -536,6 +539,7 @@ def run_sbtm(
     for name, v in (("rtol", rtol), ("atol", atol)):
         _check_positive(name, v)
     _check_positive("checkpoint_every", checkpoint_every, integer=True)
+    check_resume(resume)
     _check_positive("stop_fisher", stop_fisher, allow_none=True)
     _check_positive("max_nfe", max_nfe, integer=True, allow_none=True)
     _check_positive("record_ntk_every", record_ntk_every, integer=True, allow_none=True)
@@ -570,7 +574,7 @@ def run_sbtm(
     dyn.max_nfe = max_nfe
     dyn.reject_nonfinite = not fixed
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), fixed, times)
-    ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
+    ckpt = Checkpoint(checkpoint, {**args, "score_model": score_model}, target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
     info: dict = {"training": training}
@@ -622,6 +626,7 @@ def run_sbtm(
     def record(y, k) -> bool:
         t = float(grid[out_idx[k]])
         x, theta, fn = state_parts(y, t)
+        check_target_finite(path, x, t)
         diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x))
         logd = dyn.log_density(y)
         xh, logdh = dyn.split_holdout(y) if holdout else (None, None)

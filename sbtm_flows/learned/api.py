@@ -9,7 +9,7 @@ import time
 import torch
 from torch import Tensor
 
-from ..checkpoint import Checkpoint, target_fingerprint
+from ..checkpoint import Checkpoint, check_resume, target_fingerprint
 from ..paths import as_path
 from ..result import Result
 from ..sampling import METHODS, make_generator, resolve_device
@@ -95,6 +95,7 @@ def run_learned(
     args = dict(locals())
     args.pop("target")
     _check_args(target, loss, iterations, n, batch_size, lr, dt, t_final)
+    check_resume(resume)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     dtype, device = _DTYPES[dtype], resolve_device(device)
@@ -107,7 +108,7 @@ def run_learned(
     times = output_iterations(int(iterations), save_every, times)
     ckpt = None
     if checkpoint is not None:
-        ckpt = Checkpoint(checkpoint, _plain(args), target_fingerprint(as_path(moved), x0, 0.0, 1.0))
+        ckpt = Checkpoint(checkpoint, args, target_fingerprint(as_path(moved), x0, 0.0, 1.0), resume=resume)
     return run_loop(sampler, lambda: sampler.init(x0, 0.0, gen), times, checkpoint=ckpt, checkpoint_every=checkpoint_every,
                     resume=resume, progress=progress, method=method, config=_plain(args),
                     info={"loss": loss, "steps": cfg.steps, "reference": sampler.reference.config()})
@@ -169,8 +170,8 @@ def run_loop(sampler: LearnedDiffusion, start, times: Tensor, *, checkpoint=None
         bar.update(1)
         bar.set_postfix({"it": int(times[k + 1]), "logZ": f"{rec.diags['log_z'][-1]:.3f}"}, refresh=False)
         if checkpoint is not None and (k + 1 == n_out or (k + 1) % int(checkpoint_every) == 0):
-            checkpoint.save(state.x, k + 1, rec, sampler.nfe(state), time.perf_counter() - t_start + wall0, info,
-                            sampler=sampler.state_dict(state))
+            checkpoint.save({"k": k + 1, "stopped": False, "sampler": sampler.state_dict(state), "record": rec.state_dict(),
+                             "wall": time.perf_counter() - t_start + wall0, "info": json.dumps(info)})
     bar.close()
     packed = {"times": torch.tensor(rec.times, dtype=torch.float64), "trajectory": torch.stack(rec.xs),
               **{k: torch.stack(v) for k, v in rec.series.items()}}
