@@ -83,6 +83,32 @@ def run_sbtm_row(name: str, seed: int, n: int, t_final: float, reg: float) -> di
     return row
 
 
+def table(path: Path = OUT) -> str:
+    """A markdown table of the JSON lines: one row per (target, method, loss), mean ± sd over seeds."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["method"], r["loss"]), []).append(r)
+    cols = ["dlogZ", "elbo_gap", "ess", "emc", "min_mode", "sinkhorn", "train_s", "score_evals"]
+    out = ["| target | method | loss | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (4 + len(cols))]
+    for (t, m, loss), rs in groups.items():
+        cells = []
+        for c in cols:
+            v = torch.tensor([float(r[c]) for r in rs if r.get(c) is not None], dtype=torch.float64)
+            if c == "train_s" and v.numel() == 0:
+                v = torch.tensor([float(r["wall_s"]) for r in rs], dtype=torch.float64)
+            if v.numel() == 0:
+                cells.append("–")
+            elif c == "score_evals":
+                cells.append(f"{float(v.mean()):.3g}")
+            elif v.numel() == 1:
+                cells.append(f"{float(v[0]):.3g}")
+            else:
+                cells.append(f"{float(v.mean()):.3g} ± {float(v.std()):.2g}")
+        out.append(f"| {t} | {m} | {loss} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 SETTINGS = {
     "gmm25": dict(n=2000, batch_size=256, dt=0.02, lr=5e-3, hidden=(64, 64), sigma=4.0),
     "funnel": dict(n=2000, batch_size=256, dt=0.02, lr=5e-3, hidden=(64, 64), sigma=1.0),
@@ -92,7 +118,8 @@ SETTINGS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("targets", nargs="+", choices=["gmm", "funnel", "manywell"])
+    ap.add_argument("targets", nargs="*", help="gmm, funnel, manywell")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the results file and exit")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--losses", nargs="+", default=["log_variance", "kl"])
     ap.add_argument("--method", default="pis")
@@ -100,6 +127,12 @@ def main() -> None:
     ap.add_argument("--reg", type=float, default=1.0)
     ap.add_argument("--sbtm", action="store_true", help="SBTM rows instead (dilation path, n = 1000, T = 10)")
     a = ap.parse_args()
+    if a.table:
+        print(table())
+        return
+    bad = set(a.targets) - {"gmm", "funnel", "manywell"}
+    if bad or not a.targets:
+        ap.error(f"targets must be among gmm, funnel, manywell, got {a.targets}")
     torch.set_num_threads(1)
     if a.sbtm:
         for t in a.targets:
