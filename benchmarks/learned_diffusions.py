@@ -56,7 +56,7 @@ def run_one(name: str, method: str, loss: str, seed: int, iterations: int, setti
         signs = (r.particles[:, 0::2] > 0).double()
         row["a_positive_fraction"] = float(signs.mean())
     ref = target.sample(r.n, generator=torch.Generator().manual_seed(10_000 + seed)).to(r.particles)
-    row["sinkhorn"] = sf.sinkhorn(r.particles.double(), ref.double(), reg=reg)
+    row["sinkhorn"] = sf.sinkhorn(r.particles.double(), ref.double(), reg=reg, method="sinkhorn_log")
     row["hidden"] = list(row["hidden"])
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     with OUT.open("a") as f:
@@ -76,7 +76,7 @@ def run_sbtm_row(name: str, seed: int, n: int, t_final: float, reg: float) -> di
     if hasattr(target, "means"):
         row["emc"], row["min_mode"] = mode_stats(r.particles, target.means)
     ref = target.sample(n, generator=torch.Generator().manual_seed(10_000 + seed)).to(r.particles)
-    row["sinkhorn"] = sf.sinkhorn(r.particles.double(), ref.double(), reg=reg)
+    row["sinkhorn"] = sf.sinkhorn(r.particles.double(), ref.double(), reg=reg, method="sinkhorn_log")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     with OUT.open("a") as f:
         f.write(json.dumps(row) + "\n")
