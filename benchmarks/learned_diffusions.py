@@ -44,7 +44,7 @@ def sinkhorn_to_target(x, target, seed: int, reg: float) -> tuple[float, int]:
     m = min(500, x.shape[0]) if isinstance(target, sf.targets.Funnel) else x.shape[0]
     ref = target.sample(m, generator=torch.Generator().manual_seed(10_000 + seed)).to(x)
     method = "sinkhorn_log" if m < x.shape[0] else "sinkhorn"
-    return sf.sinkhorn(x[:m].double(), ref.double(), reg=reg, method=method), m
+    return sf.metrics.sinkhorn(x[:m].double(), ref.double(), reg=reg, method=method), m
 
 
 def run_one(name: str, method: str, loss: str, seed: int, iterations: int, settings: dict, reg: float) -> dict:

@@ -169,7 +169,8 @@ def _validate(cfg: dict, defaults: dict | None = None) -> None:
     solvers, numbers, device, and the types of the experiment's other options)."""
     import math
 
-    from .sampling import SOLVERS, TRAININGS, resolve_device
+    from .loop import resolve_device
+    from .sampling import SOLVERS, TRAININGS
     from .sde import SDE_SOLVERS
 
     names = {"solver": SOLVERS, "sde_solver": SDE_SOLVERS, "training": TRAININGS}

@@ -55,7 +55,7 @@ def test_uncontrolled_weights_are_the_terminal_ratio(ref):
     assert torch.allclose(p.log_w, expected, atol=1e-12)
     # X_T ~ the discrete reference chain's terminal law (OU: ν²(1 + O(βh)), here +1.7 %)
     assert abs(float(p.x.var(0).mean()) / ref.discrete_terminal_var(50) - 1) < 0.03
-    assert abs(sf.log_z_estimate(p.log_w)) < 0.03
+    assert abs(sf.logdensity.log_z_estimate(p.log_w)) < 0.03
 
 
 def test_constant_control_girsanov_is_exact():
@@ -106,7 +106,7 @@ def test_optimal_control_gives_constant_weights_up_to_discretisation():
         with torch.no_grad():
             _, p = _paths(ref, u, tgt, 2000, K)
         sds.append(float(p.log_w.std()))
-        assert abs(sf.log_z_estimate(p.log_w)) < 0.01 and abs(float(p.log_w.mean())) < 0.02
+        assert abs(sf.logdensity.log_z_estimate(p.log_w)) < 0.01 and abs(float(p.log_w.mean())) < 0.02
     assert sds[1] < 0.09 and 1.7 < sds[0] / sds[1] < 2.3  # ∝ √h
 
 
@@ -200,9 +200,12 @@ def test_result_feeds_importance_and_metrics():
     r = sf.sample(tgt, method="pis", iterations=4, batch_size=16, n=200, dt=0.1, hidden=(8,))
     est = sf.importance(r, lambda x: x)
     lw = r.log_target.double() - r.log_density
-    assert math.isclose(est.ess, sf.effective_sample_size(lw), rel_tol=1e-9)
-    assert math.isclose(r.info["log_z"], sf.log_z_estimate(lw), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(est.ess, sf.logdensity.effective_sample_size(lw), rel_tol=1e-9)
+    assert math.isclose(r.info["log_z"], sf.logdensity.log_z_estimate(lw), rel_tol=1e-9, abs_tol=1e-12)
     assert r.nfe > 0 and r.info["score_evals"] > 0 and r.diagnostics["log_z"].shape == r.times.shape
+    from sbtm_flows.learned import LearnedConfig, LearnedDiffusion
+
+    assert isinstance(LearnedDiffusion(tgt, LearnedConfig()), sf.Sampler)  # the run-loop protocol
     cmp = sf.compare_laws(r, tgt, floor_reps=2)  # the samples at each output iteration against π
     assert cmp.distance.shape == r.times.shape and torch.isfinite(cmp.distance).all()
 
@@ -247,4 +250,4 @@ def test_pis_log_variance_on_25gmm():
     r = sf.sample(tgt, method="pis", loss="log_variance", iterations=1000, batch_size=256, n=2000, dt=0.02, lr=5e-3,
                   sigma=4.0, hidden=(64, 64), seed=0, save_every=1000)
     assert abs(r.info["log_z"]) < 0.1
-    assert float(sf.mode_weights(r.particles, means).min()) >= 0.01
+    assert float(sf.metrics.mode_weights(r.particles, means).min()) >= 0.01

@@ -2,17 +2,16 @@ r"""``sample(target, method="pis" | "dis", ...)``: train a learned diffusion and
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import torch
 from torch import Tensor
 
 from ..checkpoint import Checkpoint, check_resume, target_fingerprint
+from ..loop import config_of, make_generator, resolve_device, resolve_dtype, run
 from ..paths import as_path
 from ..result import Result
-from ..sampling import METHODS, make_generator, resolve_device
+from ..sampling import METHODS
 from .losses import LOSSES
 from .sampler import LearnedConfig, LearnedDiffusion
 
@@ -30,14 +29,6 @@ def output_iterations(iterations: int, save_every: int | None, times=None) -> Te
     step = max(1, iterations // 10) if save_every is None else int(save_every)
     t = torch.arange(0, iterations + 1, step, dtype=torch.float64)
     return t if t[-1] == iterations else torch.cat([t, torch.tensor([float(iterations)], dtype=torch.float64)])
-
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32, torch.float64: torch.float64}
-
-
-def _plain(args: dict) -> dict:
-    """The run's arguments as JSON values (tuples as lists, other objects by repr)."""
-    return json.loads(json.dumps(args, default=repr))
 
 
 def _check_args(target, loss: str, iterations, n, batch_size, lr, dt, t_final) -> None:
@@ -96,9 +87,7 @@ def run_learned(
     args.pop("target")
     _check_args(target, loss, iterations, n, batch_size, lr, dt, t_final)
     check_resume(resume)
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    dtype, device = _DTYPES[dtype], resolve_device(device)
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
     cfg = LearnedConfig(method, loss, float(t_final), float(dt), int(batch_size), float(lr), tuple(hidden), activation,
                         bool(use_score), grad_clip, float(sigma), float(init_std), float(beta_min), float(beta_max), float(scale))
     moved = target.to(dtype=dtype, device=device) if isinstance(target, torch.nn.Module) else target
@@ -109,8 +98,8 @@ def run_learned(
     ckpt = None
     if checkpoint is not None:
         ckpt = Checkpoint(checkpoint, args, target_fingerprint(as_path(moved), x0, 0.0, 1.0), resume=resume)
-    return run_loop(sampler, lambda: sampler.init(x0, 0.0, gen), times, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                    resume=resume, progress=progress, method=method, config=_plain(args),
+    return run(sampler, lambda: sampler.init(x0, 0.0, gen), times, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                    resume=resume, progress=progress, method=method, config=config_of(args),
                     info={"loss": loss, "steps": cfg.steps, "reference": sampler.reference.config()})
 
 
@@ -126,57 +115,3 @@ def run_dis(target, **kwargs) -> Result:
 
 METHODS["pis"] = run_pis
 METHODS["dis"] = run_dis
-
-
-# ----------------------------------------------------------------------------------------
-# A minimal run loop with the run-loop protocol's semantics (to be replaced by loop.run)
-# ----------------------------------------------------------------------------------------
-class _Record:
-    def __init__(self, blob: dict | None = None):
-        blob = blob or {"times": [], "xs": [], "series": {}, "diags": {}}
-        self.times, self.xs, self.series, self.diags = blob["times"], blob["xs"], blob["series"], blob["diags"]
-
-    def add(self, t: float, x: Tensor, record: dict) -> None:
-        self.times.append(float(t))
-        self.xs.append(x.detach().clone())
-        for k, v in record.items():
-            if isinstance(v, Tensor):
-                self.series.setdefault(k, []).append(v.detach().clone())
-            else:
-                self.diags.setdefault(k, []).append(float(v))
-
-    def state_dict(self) -> dict:
-        return {"times": self.times, "xs": self.xs, "series": self.series, "diags": self.diags}
-
-
-def run_loop(sampler: LearnedDiffusion, start, times: Tensor, *, checkpoint=None, checkpoint_every: int = 1, resume=False,
-             progress=False, method="", config=None, info=None) -> Result:
-    """Advance ``sampler`` over the output ``times``, observing, checkpointing and packing a Result."""
-    from tqdm.auto import tqdm
-
-    blob = checkpoint.load() if (checkpoint is not None and resume) else None
-    if blob is None:
-        state, rec, k0, wall0, info = start(), _Record(), 0, 0.0, dict(info or {})
-        rec.add(float(times[0]), sampler.particles(state), sampler.observe(state, float(times[0]), 0))
-    else:
-        state, rec = sampler.load_state_dict(blob["sampler"]), _Record(blob["record"])
-        k0, wall0, info = int(blob["k"]), float(blob["wall"]), json.loads(blob["info"])
-    t_start = time.perf_counter()
-    n_out = times.numel() - 1
-    bar = tqdm(total=n_out, initial=k0, desc=method, disable=not progress, leave=False, dynamic_ncols=True)
-    for k in range(k0, n_out):
-        state = sampler.advance(state, float(times[k]), float(times[k + 1]))
-        rec.add(float(times[k + 1]), sampler.particles(state), sampler.observe(state, float(times[k + 1]), k + 1))
-        bar.update(1)
-        bar.set_postfix({"it": int(times[k + 1]), "logZ": f"{rec.diags['log_z'][-1]:.3f}"}, refresh=False)
-        if checkpoint is not None and (k + 1 == n_out or (k + 1) % int(checkpoint_every) == 0):
-            checkpoint.save({"k": k + 1, "stopped": False, "sampler": sampler.state_dict(state), "record": rec.state_dict(),
-                             "wall": time.perf_counter() - t_start + wall0, "info": json.dumps(info)})
-    bar.close()
-    packed = {"times": torch.tensor(rec.times, dtype=torch.float64), "trajectory": torch.stack(rec.xs),
-              **{k: torch.stack(v) for k, v in rec.series.items()}}
-    extra = sampler.finish(state, packed, info)
-    return Result(particles=packed["trajectory"][-1], times=packed["times"], trajectory=packed["trajectory"],
-                  diagnostics={k: torch.tensor(v, dtype=torch.float64) for k, v in rec.diags.items()},
-                  nfe=sampler.nfe(state), wall_time=time.perf_counter() - t_start + wall0, method=method,
-                  config=dict(config or {}), info=info, **extra)
