@@ -99,8 +99,8 @@ def run_learned(
     if checkpoint is not None:
         ckpt = Checkpoint(checkpoint, args, target_fingerprint(as_path(moved), x0, 0.0, 1.0), resume=resume)
     return run(sampler, lambda: sampler.init(x0, 0.0, gen), times, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                    resume=resume, progress=progress, method=method, config=config_of(args),
-                    info={"loss": loss, "steps": cfg.steps, "reference": sampler.reference.config()})
+               resume=resume, progress=progress, method=method, config=config_of(args),
+               info={"loss": loss, "steps": cfg.steps, "reference": sampler.reference.config()})
 
 
 def run_pis(target, **kwargs) -> Result:
