@@ -21,6 +21,7 @@ import warnings
 from .config import SBTMConfig, ULAConfig
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
+from .learned import run_learned  # noqa: F401 - importing learned registers method="pis" and "dis"
 from .logdensity import importance
 from .loop import Sampler, run
 from .mala import MALA, MALAConfig  # importing mala registers method="mala"
@@ -45,7 +46,7 @@ __version__ = "0.1.0"
 #: Submodules, imported on first attribute access (``sf.plotting``, ``sf.metrics``, …).
 SUBMODULES = (
     "bench", "checkpoint", "compat", "config", "density", "diagnostics", "dynamics", "errors", "experiments", "fokker_planck",
-    "logdensity", "loop", "losses", "mala", "metrics", "ntk", "paths", "plotting", "posteriordb", "result", "sampling", "score",
+    "learned", "logdensity", "loop", "losses", "mala", "metrics", "ntk", "paths", "plotting", "posteriordb", "result", "sampling", "score",
     "sde", "stiffness", "targets",
 )
 
