@@ -45,14 +45,11 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-# torchdiffeq keeps its solver base class and its method table private; this module is the one
-# place that touches them (sampling imports TORCHDIFFEQ_SOLVERS from here).
-from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_SOLVERS
-from torchdiffeq._impl.solvers import FixedGridODESolver
-
+from .compat import FIXED_GRID_SOLVER as FixedGridODESolver
+from .compat import TORCHDIFFEQ_REGISTRY, TORCHDIFFEQ_SOLVERS
 from .errors import SamplingError
 
-__all__ = ["RKC", "SpectralRadius", "rkc_coefficients", "rkc_stability_bound", "rkc_stages", "TORCHDIFFEQ_SOLVERS"]
+__all__ = ["RKC", "SpectralRadius", "rkc_coefficients", "rkc_stability_bound", "rkc_stages"]
 
 #: damping of the Chebyshev polynomial (w₀ = 1 + ε/s²): ε = 2/13 as in Verwer et al. (2004)
 DAMPING = 2.0 / 13.0
@@ -270,4 +267,5 @@ class RKC(FixedGridODESolver):
         return y_prev - y0, f0
 
 
-TORCHDIFFEQ_SOLVERS.setdefault("rkc", RKC)
+TORCHDIFFEQ_REGISTRY.setdefault("rkc", RKC)  # what torchdiffeq.odeint looks up
+TORCHDIFFEQ_SOLVERS.setdefault("rkc", RKC)  # sbtm_flows' view of the table
