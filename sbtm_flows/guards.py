@@ -142,16 +142,34 @@ def _hvp_rows(path: Any, x: Tensor, t: float, v: Tensor) -> Tensor:
     return torch.zeros_like(x) if hv is None else hv.detach()
 
 
+def _power_rows(path: Any, x: Tensor, t: float, v: Tensor, iters: int, chunk: int, shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Batched power iteration on the rows' matrices Hᵢ − shiftᵢ·I (Hᵢ = ∇²log π_t(xᵢ)):
+    ``(|μᵢ|, vᵢ)`` with μᵢ the dominant eigenvalue, its sign folded into ``vᵢ·(Hᵢ − shiftᵢ)vᵢ``."""
+    lam = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    sign = torch.ones_like(lam)
+    for _ in range(max(1, int(iters))):
+        w = torch.cat([_hvp_rows(path, x[i : i + chunk], t, v[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+        if shift is not None:
+            w = w - shift[:, None] * v
+        lam = w.norm(dim=-1)
+        sign = torch.where((w * v).sum(-1) < 0, -1.0, 1.0).to(lam)
+        v = torch.where(lam[:, None] > 0, w / lam[:, None].clamp_min(1e-30), v)
+    return torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam)), v, sign
+
+
 def particle_curvature(path: Any, x: Tensor, t: float, iters: int = 20, generator: torch.Generator | None = None,
                        v0: Tensor | None = None, chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
-    r"""The largest curvature of the target at the particles, max_i |λ|_max(∇²log π_t(xᵢ)).
+    r"""The stiffness of the target at each particle, κᵢ = max(0, −λ_min(∇²log π_t(xᵢ))).
 
     The particle block of every sampler here moves each particle with ∇log π_t (minus, for
     SBTM, the learned score); its Jacobian is block-diagonal over particles with blocks
     ∇²log π_t(xᵢ) (d × d).  A fixed step h of an explicit method is stable only when
-    h·|λ| ≤ c (c = 2 for Euler, Euler–Maruyama and Heun) for every eigenvalue.  Batched power
-    iteration (all particles at once, one Hessian-vector product per iteration, ``chunk``
-    rows at a time): vᵢ ← Hᵢvᵢ/‖Hᵢvᵢ‖, λᵢ = ‖Hᵢvᵢ‖.
+    h·κ ≤ c (c = 2 for Euler, Euler–Maruyama and Heun): only the negative eigenvalues limit the
+    step.  A positive one (between the modes of a mixture, where the flow pushes particles
+    apart) grows in the exact flow too, and an explicit step follows it without oscillating.
+    Batched power iteration (all particles at once, one Hessian-vector product per iteration,
+    ``chunk`` rows at a time) gives the dominant eigenvalue μᵢ; where μᵢ > 0 a second pass on
+    Hᵢ − μᵢI (eigenvalues in [λ_min − μᵢ, 0]) gives λ_min = μᵢ − ‖(Hᵢ − μᵢI)‖_dominant.
 
     Args:
         path: ``score(x, t)`` differentiable in x (autograd scores are).
@@ -160,24 +178,28 @@ def particle_curvature(path: Any, x: Tensor, t: float, iters: int = 20, generato
             (warm start from the previous call).
 
     Returns:
-        ``(λ, v)``: the largest |eigenvalue| at each particle ``(n,)`` (0 where not finite)
-        and the iteration vectors ``(n, d)``.
+        ``(κ, v)``: the stiffness at each particle ``(n,)`` (0 where not finite) and the
+        iteration vectors ``(n, d)`` of the first pass.
     """
     if v0 is not None and v0.shape == x.shape:
         v = v0.to(x)
     else:
         v = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
     v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    lam = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for _ in range(max(1, int(iters))):
-        w = torch.cat([_hvp_rows(path, x[i : i + chunk], t, v[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
-        lam = w.norm(dim=-1)
-        v = torch.where(lam[:, None] > 0, w / lam[:, None].clamp_min(1e-30), v)
-    return torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam)), v
+    mu, v, sign = _power_rows(path, x, t, v, iters, chunk)
+    kappa = torch.where(sign < 0, mu, torch.zeros_like(mu))
+    pos = sign > 0
+    if bool(pos.any()):
+        xp, mp = x[pos], mu[pos]
+        u = torch.randn(xp.shape, generator=generator, dtype=torch.float64).to(x)
+        u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        nu, _, _ = _power_rows(path, xp, t, u, iters, chunk, shift=mp)
+        kappa[pos] = (nu - mp).clamp_min(0)
+    return kappa, v
 
 
 class ParticleStiffness:
-    r"""Stability of fixed steps for the particle block X: z = h·max_i |λ(∇²log π_t(xᵢ))| against
+    r"""Stability of fixed steps for the particle block X: z = h·max_i κᵢ (κ = −λ_min(∇²log π_t(xᵢ)), :func:`particle_curvature`) against
     the method's real stability limit c, at the start (:meth:`start`, ``iters`` power
     iterations, also at the target's mode centres when it knows them: a mixture's ``means``)
     and every ``every`` steps along the run (:meth:`check`, warm-started, 3 iterations).
@@ -237,7 +259,7 @@ class ParticleStiffness:
             return
         advice = ("lowering eta does not help (the network block Θ is not the stiff one); " if self.method == "sbtm" else "")
         x = [round(v, 6) for v in pts[i].detach().double().cpu().tolist()[:8]]
-        msg = (f"the particle block X is stiff for {self.solver!r} at t={t:.6g}: dt·λ_max(∇²log π_t) = {h:g}·{lam:.4g} = {z:.3g} "
+        msg = (f"the particle block X is stiff for {self.solver!r} at t={t:.6g}: dt·(−λ_min(∇²log π_t)) = {h:g}·{lam:.4g} = {z:.3g} "
                f"> {self.limit:g} (the solver's stability limit) at x={x} ({100 * frac:.3g} % of the probed points), so fixed "
                f"steps oscillate there and blow up or skip that region. {advice}use dt <= {self.limit / lam:.3g}"
                + (", or an adaptive solver (solver='dopri5')" if self.method == "sbtm" else ""))

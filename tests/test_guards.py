@@ -120,6 +120,20 @@ def test_particle_curvature_is_the_largest_hessian_eigenvalue():
     assert float(lam.max()) == pytest.approx(float(torch.linalg.eigvalsh(torch.linalg.inv(cov)).max()), rel=1e-6)
 
 
+def test_particle_curvature_counts_only_negative_eigenvalues():
+    from sbtm_flows.guards import particle_curvature
+
+    # two narrow modes (sd 0.5) at ±3 on the first axis, sd 0.25 on the second: at the midpoint
+    # ∇²log π has a positive eigenvalue 9/0.25² − 1/0.25 = 140 (the saddle between the modes) and a
+    # negative one −1/0.25² = −16; only the negative one limits an explicit step
+    means = torch.tensor([[-3.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    sds = torch.tensor([[0.5, 0.25], [0.5, 0.25]], dtype=torch.float64)
+    target = sf.from_log_prob(lambda x: torch.logsumexp(torch.stack([(-0.5 * ((x - m) / s) ** 2).sum(-1) for m, s in zip(means, sds)]), 0), dim=2)
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    lam, _ = particle_curvature(sf.as_path(target), x, 0.0, iters=60, generator=torch.Generator().manual_seed(0))
+    assert lam.tolist() == pytest.approx([16.0, 16.0], rel=1e-4)
+
+
 def test_a_fine_step_passes_and_the_record_survives_resume(tmp_path):
     kw = dict(method="ula", init=sf.Gaussian(torch.zeros(2), torch.eye(2)), n=50, t_final=0.2, dt=0.02, seed=0)
     target = sf.Gaussian(torch.zeros(2), 0.25 * torch.eye(2))  # λ = 4: dt·λ = 0.08
