@@ -18,12 +18,12 @@ use, so ``import sbtm_flows`` loads neither POT nor matplotlib and never changes
 import importlib
 import warnings
 
+from . import mala  # noqa: F401 - importing mala registers method="mala" (sf.mala.MALA, sf.mala.MALAConfig)
 from .config import SBTMConfig, ULAConfig
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
 from .logdensity import importance
 from .loop import Sampler, run
-from .mala import MALA, MALAConfig  # importing mala registers method="mala"
 from .metrics import compare_laws
 from .paths import Dilation, Geometric, Path, as_path
 from .result import Result, load
@@ -36,7 +36,7 @@ __all__ = [
     "sample", "run", "Sampler", "SBTMConfig", "ULAConfig", "Result", "load", "SamplingError",
     "Target", "Gaussian", "GaussianMixture", "from_log_prob", "from_score",
     "Path", "Geometric", "Dilation", "as_path",
-    "ScoreMLP", "ScaledScore", "SBTMFlow", "SBTMSteps", "LangevinSDE", "MALA", "MALAConfig",
+    "ScoreMLP", "ScaledScore", "SBTMFlow", "SBTMSteps", "LangevinSDE",
     "compare_laws", "importance",
 ]
 
