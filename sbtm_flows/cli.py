@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_options(r)
     s = sub.add_parser("sample", help="sample one target with one method")
     s.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
-    s.add_argument("--method", default="sbtm", help="sbtm, ula or mala")
+    s.add_argument("--method", default="sbtm", help="sbtm, ula, mala, pis or dis")
+    s.add_argument("--loss", choices=["log_variance", "kl"], help="pis/dis training loss (default log_variance)")
+    s.add_argument("--iterations", type=_positive_int, help="pis/dis training iterations")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--steps", type=_positive_int, help="MALA: iterations after warm-up (default 1000)")
     s.add_argument("--warmup", type=int, help="MALA: step-size adaptation iterations (default 500)")
@@ -112,7 +114,7 @@ def _writable_dir(path: pathlib.Path, what: str = "output folder") -> pathlib.Pa
 
 def _overrides(a) -> dict:
     keys = {"n": "n", "t_final": "t_final", "dt": "dt", "solver": "solver", "sde_solver": "sde_solver",
-            "training": "training", "eta": "eta", "seed": "seed", "device": "device"}
+            "training": "training", "eta": "eta", "seed": "seed", "device": "device", "loss": "loss", "iterations": "iterations"}
     return {k: getattr(a, attr) for attr, k in keys.items() if getattr(a, attr, None) is not None}
 
 
@@ -153,9 +155,27 @@ def _cmd_run(a) -> int:
     _validate(cfg, EXPERIMENTS[cfg["experiment"]].defaults)
     ckpt = _checkpoint_dir(a)
     _writable_dir(out)
-    metrics = run_experiment(cfg, out, progress=not a.no_progress, checkpoint=ckpt, resume=a.resume)
+    try:
+        metrics = run_experiment(cfg, out, progress=not a.no_progress, checkpoint=ckpt, resume=a.resume)
+    except KeyboardInterrupt as e:
+        return _interrupted(e, out, ckpt)
     print(f"{cfg['experiment']}: wrote {out}/ (metrics.json, figures); wall time {metrics['total_wall_time_s']:.1f} s")
     return 0
+
+
+def _interrupted(e: KeyboardInterrupt, out: pathlib.Path, ckpt: pathlib.Path | None) -> int:
+    """Ctrl-C: write the partial Result the run loop attached (``e.result``: every output time
+    reached) as ``partial_<method>.pt``, say where it and the last checkpoint are, in one line; 130."""
+    res = getattr(e, "result", None)
+    said = "sbtm-flows: interrupted"
+    if res is not None:
+        path = out / f"partial_{res.method or 'result'}.pt"
+        res.save(path)
+        said += f" at t={float(res.times[-1]):.6g}; partial results in {path}"
+    if ckpt is not None:
+        said += f"; checkpoint in {ckpt}/ (rerun with --resume to continue)"
+    print(said, file=sys.stderr)
+    return 130
 
 
 def _checkpoint_dir(a) -> pathlib.Path | None:
@@ -219,7 +239,10 @@ def _cmd_sample(a) -> int:
     kw = _method_kwargs(a, kw)
     if ckpt is not None:
         kw.update(checkpoint=ckpt / f"{a.method}.ckpt", resume=a.resume)
-    res = sample(target, method=a.method, progress=not a.no_progress, **kw)
+    try:
+        res = sample(target, method=a.method, progress=not a.no_progress, **kw)
+    except KeyboardInterrupt as e:
+        return _interrupted(e, out, ckpt)
     res.save(out / "result.pt")
     save_torch(res.particles.cpu(), out / "particles.pt")
     summary = {"target": a.target, "method": a.method, "n": res.n, "t_final": float(res.times[-1]), "nfe": res.nfe,
@@ -236,13 +259,16 @@ def _cmd_sample(a) -> int:
 
 
 def _method_kwargs(a, kw: dict) -> dict:
-    """Drop the options the method does not take (and refuse the MALA-only ones elsewhere)."""
+    """Drop the options the method does not take (and refuse the MALA-only and learned-diffusion-only ones elsewhere)."""
     mala = {"steps": a.steps, "warmup": a.warmup, "step_size": a.step_size}
     if a.method != "mala":
         given = [k for k, v in mala.items() if v is not None]
         if given:
             raise _CliError(f"sbtm-flows: --{given[0].replace('_', '-')} is a MALA option (use --method mala)")
-    drop = {"ula": ("solver", "training", "eta"), "mala": ("solver", "training", "eta", "sde_solver", "t_final", "dt")}
+    if a.method not in ("pis", "dis") and ("loss" in kw or "iterations" in kw):
+        raise _CliError("sbtm-flows: --loss and --iterations are options of the learned diffusions (--method pis or dis)")
+    drop = {"ula": ("solver", "training", "eta"), "mala": ("solver", "training", "eta", "sde_solver", "t_final", "dt"),
+            "pis": ("solver", "training", "eta", "sde_solver"), "dis": ("solver", "training", "eta", "sde_solver")}
     for k in drop.get(a.method, ("sde_solver",)):
         kw.pop(k, None)
     if a.method == "mala":
