@@ -24,6 +24,7 @@ from .errors import SamplingError
 from .learned import run_learned  # noqa: F401 - importing learned registers method="pis" and "dis"
 from .logdensity import importance
 from .loop import Sampler, run
+from .mala import MALAConfig  # importing mala registers method="mala"
 from .metrics import compare_laws
 from .paths import Dilation, Geometric, Path, as_path
 from .result import Result, load
@@ -36,7 +37,7 @@ __all__ = [
     "sample", "run", "Sampler", "SBTMConfig", "ULAConfig", "Result", "load", "SamplingError",
     "Target", "Gaussian", "GaussianMixture", "from_log_prob", "from_score",
     "Path", "Geometric", "Dilation", "as_path",
-    "ScoreMLP", "ScaledScore", "SBTMFlow", "SBTMSteps", "LangevinSDE",
+    "ScoreMLP", "ScaledScore", "SBTMFlow", "SBTMSteps", "LangevinSDE", "MALAConfig",
     "compare_laws", "importance",
 ]
 
@@ -44,8 +45,8 @@ __version__ = "0.1.0"
 
 #: Submodules, imported on first attribute access (``sf.plotting``, ``sf.metrics``, …).
 SUBMODULES = (
-    "checkpoint", "compat", "config", "density", "diagnostics", "dynamics", "errors", "experiments", "fokker_planck",
-    "learned", "logdensity", "loop", "losses", "metrics", "ntk", "paths", "plotting", "posteriordb", "result", "sampling", "score",
+    "bench", "checkpoint", "compat", "config", "density", "diagnostics", "dynamics", "errors", "experiments", "fokker_planck",
+    "learned", "logdensity", "loop", "losses", "mala", "metrics", "ntk", "paths", "plotting", "posteriordb", "result", "sampling", "score",
     "sde", "stiffness", "targets",
 )
 

@@ -30,7 +30,7 @@ __all__ = ["RunConfig", "SBTMConfig", "ULAConfig", "CONFIGS", "build_config", "T
 
 TRAININGS = ("flow", "steps", "auto")
 #: Options of the coupled flow (training="flow") and their defaults.
-FLOW_OPTIONS: dict[str, Any] = {"eta": 5.0, "stiffness_check": True, "record_ntk_every": None, "ntk_reference": None}
+FLOW_OPTIONS: dict[str, Any] = {"eta": 5.0, "record_ntk_every": None, "ntk_reference": None}
 #: Options of the discrete training (training="steps") and their defaults.
 STEPS_OPTIONS: dict[str, Any] = {"inner_steps": 5, "optimizer": "adam", "lr": 1e-3}
 #: Options of adaptive solvers and their defaults.
@@ -61,6 +61,7 @@ class RunConfig:
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int = 50
     resume: bool | str = False
+    stiffness_check: bool = True
 
     def __post_init__(self) -> None:
         check_positive("checkpoint_every", self.checkpoint_every, integer=True)
@@ -100,7 +101,7 @@ class SBTMConfig(RunConfig):
     fit, the density tracking and held-out particles.
 
     Options used by one configuration only (``None`` = not given; an error under the other):
-    ``eta``, ``stiffness_check``, ``record_ntk_every``, ``ntk_reference`` (training="flow");
+    ``eta``, ``record_ntk_every``, ``ntk_reference`` (training="flow");
     ``inner_steps``, ``optimizer``, ``lr`` (training="steps"); ``rtol``, ``atol`` (adaptive
     solvers); ``hidden``, ``activation`` (the default network, score_model=None).
 
@@ -150,8 +151,11 @@ class SBTMConfig(RunConfig):
             is frozen there, left out of the density diagnostics and counted in the diagnostic
             ``holdout_lost``: held-out particles never stop a run.
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
-        stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
-            a run that the solver cannot keep stable.
+        stiffness_check: with a fixed-step solver, refuse a step the particle block cannot take
+            (dt·max_i |λ(∇²log π_t(Xᵢ))| beyond the solver's limit, at the start and every 50
+            steps: :class:`~sbtm_flows.guards.ParticleStiffness`, record ``info["stiffness_x"]``;
+            ULA too); for a fixed-step flow run, also estimate η·λ_max(∇²_Θ L)·dt and refuse a
+            run the solver cannot keep stable (the network block Θ).
         record_ntk_every: every this many output times (0 included) record
             :func:`~sbtm_flows.ntk.eta_condition` — λ_min(H), the η bound, the η used, the
             losses — as the diagnostics ``ntk_*`` (``NTK_DIAGNOSTICS``), NaN at the other
@@ -171,7 +175,6 @@ class SBTMConfig(RunConfig):
     solver_options: dict | None = None
     training: str = "auto"
     eta: Any = None
-    stiffness_check: bool | None = None
     record_ntk_every: int | None = None
     ntk_reference: Callable | None = None
     inner_steps: int | None = None

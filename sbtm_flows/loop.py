@@ -102,6 +102,17 @@ class Recorder:
             else:
                 self.diags.setdefault(k, []).append(float(v))
 
+    def lengths(self) -> dict:
+        """How many entries each list holds (to :meth:`truncate` back to after an interrupt)."""
+        return {"times": len(self.times), "xs": len(self.xs), "series": {k: len(v) for k, v in self.series.items()},
+                "diags": {k: len(v) for k, v in self.diags.items()}}
+
+    def truncate(self, lengths: dict) -> None:
+        """Drop what was added after :meth:`lengths` returned ``lengths`` (a half-recorded time)."""
+        self.times, self.xs = self.times[: lengths["times"]], self.xs[: lengths["xs"]]
+        self.series = {k: v[: lengths["series"][k]] for k, v in self.series.items() if lengths["series"].get(k)}
+        self.diags = {k: v[: lengths["diags"][k]] for k, v in self.diags.items() if lengths["diags"].get(k)}
+
     def state_dict(self) -> dict:
         """Plain contents (for checkpoints)."""
         return {"times": self.times, "xs": self.xs, "series": self.series, "diags": self.diags}
@@ -185,17 +196,25 @@ def _run(sampler, start, times, observers, stop, checkpoint, checkpoint_every, r
                 obs.load_state_dict(s)
     t_start = time.perf_counter()
 
-    def save(state, k: int, stopped: bool) -> None:
-        checkpoint.save({
-            "k": k, "stopped": stopped, "sampler": sampler.state_dict(state), "record": rec.state_dict(),
-            "wall": time.perf_counter() - t_start + wall0, "info": json.dumps(info),
-            "observers": [o.state_dict() if hasattr(o, "state_dict") else None for o in observers],
-        })
+    def save(state, k: int, stopped: bool, parts: dict | None = None) -> None:
+        parts = parts if parts is not None else snapshot(state)
+        checkpoint.save({"k": k, "stopped": stopped, "record": rec.state_dict(), "wall": time.perf_counter() - t_start + wall0,
+                         "info": json.dumps(info), **parts})
+
+    def snapshot(state) -> dict:
+        return {"sampler": sampler.state_dict(state),
+                "observers": [o.state_dict() if hasattr(o, "state_dict") else None for o in observers]}
 
     n_out = times.numel() - 1
     if not stopped and k0 < n_out:
-        state = _drive(sampler, observers, stop, rec, state, times, k0, info, progress, method,
-                       save if checkpoint is not None else None, int(checkpoint_every))
+        try:
+            state = _drive(sampler, observers, stop, rec, state, times, k0, info, progress, method,
+                           save if checkpoint is not None else None, int(checkpoint_every),
+                           snapshot if checkpoint is not None else None)
+        except KeyboardInterrupt as e:  # Ctrl-C: the Result up to the last output time reached rides on the exception
+            info["interrupted"] = f"at t = {rec.times[-1]:.6g} (output time {e.k} of {n_out})"
+            e.result = _pack(sampler, observers, rec, e.state, time.perf_counter() - t_start + wall0, method, config, info)
+            raise
     elif blob is None and checkpoint is not None:
         save(state, k0, stopped)
     return _pack(sampler, observers, rec, state, time.perf_counter() - t_start + wall0, method, config, info)
@@ -213,16 +232,23 @@ def _observe(sampler, observers, stop, rec: Recorder, state, t: float, k: int, i
     return bool(reason)
 
 
-def _drive(sampler, observers, stop, rec, state, times, k0, info, progress, method, save, every):
-    """The output intervals k0 → k0+1 → … (advance, observe, checkpoint, stop)."""
+def _drive(sampler, observers, stop, rec, state, times, k0, info, progress, method, save, every, snapshot=None):
+    """The output intervals k0 → k0+1 → … (advance, observe, checkpoint, stop).
+
+    On KeyboardInterrupt the record is cut back to the last output time fully recorded, a
+    checkpoint of that time is written (from a copy of the sampler's state taken then: a
+    sampler may have changed its network mid-interval), and the interrupt propagates with the
+    state and index of that time as ``.state``, ``.k``."""
     from tqdm.auto import tqdm
 
     n_out = times.numel() - 1
     bar = tqdm(total=n_out, initial=k0, desc=method, disable=not progress, leave=False, dynamic_ncols=True)
+    done = (state, k0, rec.lengths(), None if snapshot is None else copy.deepcopy(snapshot(state)))
     try:
         for k in range(k0, n_out):
             state = sampler.advance(state, float(times[k]), float(times[k + 1]))
             stopped = _observe(sampler, observers, stop, rec, state, float(times[k + 1]), k + 1, info)
+            done = (state, k + 1, rec.lengths(), None if snapshot is None else copy.deepcopy(snapshot(state)))
             bar.update(1)
             if progress:
                 bar.set_postfix(_postfix(sampler, state, rec), refresh=False)
@@ -231,6 +257,12 @@ def _drive(sampler, observers, stop, rec, state, times, k0, info, progress, meth
                 save(state, k + 1, stopped)
             if stopped:
                 break
+    except KeyboardInterrupt as e:
+        e.state, e.k = done[0], done[1]
+        rec.truncate(done[2])
+        if save is not None:
+            save(done[0], done[1], False, done[3])
+        raise
     finally:
         bar.close()
     return state
@@ -285,6 +317,8 @@ def resolve_device(device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {device!r} ({e})") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be 'cpu', 'cuda[:i]' or 'mps', got {device!r} (a {dev.type!r} device holds no data to sample)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine (use device='cpu')")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -313,8 +347,8 @@ def make_generator(seed: int | None) -> torch.Generator:
     if seed is None:
         g.seed()
         return g
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64) or None, got {seed!r}")
     g.manual_seed(int(seed))
     return g
 
@@ -386,8 +420,11 @@ def initial_particles(init, n: int | None, dim: int, generator: torch.Generator,
 def check_initial_score(path: Path, x0: Tensor, t0: float) -> None:
     """Raise if ∇log π_{t0} is NaN/inf or has the wrong shape at the initial particles."""
     g = path.score(x0, t0)
-    if not isinstance(g, Tensor) or g.shape != x0.shape:
-        raise ValueError(f"target score must return shape {tuple(x0.shape)}, got {getattr(g, 'shape', type(g))}")
+    if not isinstance(g, Tensor):
+        raise ValueError(f"target score must return a torch tensor of shape {tuple(x0.shape)}, got a {type(g).__name__}"
+                         f"{' of shape ' + str(tuple(g.shape)) if hasattr(g, 'shape') else ''} (convert with torch.as_tensor)")
+    if g.shape != x0.shape:
+        raise ValueError(f"target score must return shape {tuple(x0.shape)}, got {tuple(g.shape)}")
     bad = ~torch.isfinite(g).all(-1)
     if bad.any():
         i = int(bad.nonzero()[0, 0])
@@ -405,7 +442,7 @@ def prepare_run(target, init, n, t0: float, t_final: float, dt: float, save_ever
 
     Returns ``(path, generator, x0 (n, d), init_target, dtype, device)``."""
     for name, v in (("dt", dt), ("t_final", t_final), ("t0", t0)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
     if not dt > 0:
         raise ValueError(f"dt must be > 0, got {dt}")
@@ -422,7 +459,9 @@ def prepare_run(target, init, n, t0: float, t_final: float, dt: float, save_ever
 
 
 def _check_times(times, t0: float, t_final: float) -> Tensor:
-    times = torch.as_tensor(times, dtype=torch.float64).flatten()
+    times = torch.as_tensor(times, dtype=torch.float64)
+    if times.ndim != 1:
+        raise ValueError(f"times must be a 1-D sequence of output times, got shape {tuple(times.shape)}")
     if times.numel() < 2 or not (times[1:] > times[:-1]).all():
         raise ValueError("times must be increasing with at least 2 entries")
     if abs(float(times[0]) - t0) > 1e-12 or abs(float(times[-1]) - t_final) > 1e-12:

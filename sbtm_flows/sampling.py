@@ -13,6 +13,8 @@ Fixed-step solvers step on the path's time grid (``path.time_grid``); adaptive s
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,7 +28,7 @@ from .compat import TORCHDIFFEQ_SOLVERS
 from .config import ADAPTIVE_OPTIONS, SBTMConfig, build_config
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
-from .guards import FiniteTargetGuard, holdout_outliers
+from .guards import FiniteTargetGuard, ParticleStiffness, holdout_outliers
 from .logdensity import initial_log_density, target_log_prob
 from .loop import Recorder, grid_index, make_generator, output_grid, prepare_run, run, splitmix64
 from .paths import Path, as_path
@@ -89,7 +91,7 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
     path, gen, x0, init_target, dtype, device = prepare_run(target, cfg.init, cfg.n, cfg.t0, cfg.t_final, cfg.dt,
                                                             cfg.save_every, cfg.seed, cfg.dtype, cfg.device)
     cfg = cfg.resolved(path)
-    eta = _resolve_eta(cfg.eta)
+    eta = _resolve_eta(cfg.eta, cfg.t0)
     hgen = holdout_generator(gen)
     xh0 = holdout_particles(init_target, cfg.holdout, hgen, x0, cfg.track_logdensity)
     model = _score_network(cfg, path, x0, gen, dtype, device)
@@ -212,6 +214,10 @@ class SBTMSampler:
                 self.monitor = StiffnessMonitor(self.dyn, cfg.solver, eta_limit(cfg.solver), generator=generator)
         self.info: dict = {}
         self._view = None
+        stable = getattr(SOLVER_FACTS.get(cfg.solver), "stability", None)
+        self.xstiff = None  # the particle block X (both trainings, fixed one-step solvers)
+        if cfg.stiffness_check and self.fixed and stable is not None:
+            self.xstiff = ParticleStiffness(path, cfg.solver, stable, "sbtm", generator=torch.Generator().manual_seed(0))
 
     # ---- the Sampler protocol ---------------------------------------------------------
     def init(self, x0: Tensor, t0: float, generator: torch.Generator, holdout=(None, None)) -> SBTMState:
@@ -219,6 +225,8 @@ class SBTMSampler:
         held-out block ``holdout`` = (X̃₀ (m, d), ℓ̃₀ (m,) or None)), set an NTKEta's ceiling and
         run the pre-run stiffness check."""
         cfg, dyn = self.cfg, self.dyn
+        if self.xstiff is not None:  # before the fit: a step the particles cannot take is refused at once
+            self.xstiff.start(x0, t0, float(self.grid[1] - self.grid[0]))
         log_f0 = initial_log_density(self.init_target, x0) if cfg.track_logdensity else None
         t_fit = time.perf_counter()
         if cfg.init_steps > 0:
@@ -250,16 +258,27 @@ class SBTMSampler:
             prerun_check(dyn, y, cfg.solver, h, t0, cfg.t_final, generator, self.monitor)
 
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
-        """Integrate from output time t0 to t1 (the stiffness monitor first checks the state at t0)."""
+        """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state
+        every ``every`` steps: a fixed one-step solver integrates the interval in pieces of that
+        many steps (bitwise the same result), however far apart the output times are."""
         cfg, i0, i1 = self.cfg, self._where[t0], self._where[t1]
-        if self.monitor is not None:
-            if self.fixed:
-                self.monitor.check(state.y, t0, float(self.grid[i0 + 1] - self.grid[i0]), i0)
-            else:
+        options = dict(cfg.solver_options or {})
+        if not self.fixed:
+            if self.monitor is not None:
                 self.monitor.check(state.y, t0, cfg.dt, self._k[t0] * int(cfg.save_every))
-        ts = self.grid[i0 : i1 + 1] if self.fixed else self.grid[[i0, i1]]
-        rtol, atol = (cfg.rtol, cfg.atol) if not self.fixed else (ADAPTIVE_OPTIONS["rtol"], ADAPTIVE_OPTIONS["atol"])  # unused
-        return SBTMState(odeint_chunk(self.dyn, state.y, ts, cfg.solver, rtol, atol, dict(cfg.solver_options or {})))
+            return SBTMState(odeint_chunk(self.dyn, state.y, self.grid[[i0, i1]], cfg.solver, cfg.rtol, cfg.atol, options))
+        one_step = getattr(SOLVER_FACTS.get(cfg.solver), "stability", None) is not None  # not multistep
+        every = min([m.every for m in (self.monitor, self.xstiff) if m is not None and one_step], default=i1 - i0)
+        y = state.y
+        for a in range(i0, i1, max(1, every)):
+            t_a, h_a = float(self.grid[a]), float(self.grid[a + 1] - self.grid[a])
+            if self.xstiff is not None:
+                self.xstiff.check(self.particles(SBTMState(y)), t_a, h_a, a)
+            if self.monitor is not None:
+                self.monitor.check(y, t_a, h_a, a)
+            y = odeint_chunk(self.dyn, y, self.grid[a : min(a + max(1, every), i1) + 1], cfg.solver,
+                             ADAPTIVE_OPTIONS["rtol"], ADAPTIVE_OPTIONS["atol"], options)  # rtol/atol unused here
+        return SBTMState(y)
 
     def particles(self, state: SBTMState) -> Tensor:
         """The training particles X ``(n, d)``."""
@@ -278,6 +297,7 @@ class SBTMSampler:
             "monitor": None if self.monitor is None else {**self.monitor.state_dict(), "max_z": self.monitor.max_z,
                                                           "t_max_z": self.monitor.t_max_z, "warned": self.monitor.warned},
             "eta_ceiling": getattr(getattr(dyn, "eta", None), "ceiling", None),
+            "stiffness_x": None if self.xstiff is None else self.xstiff.state_dict(),
         }
         for name in ("probes", "holdout_probes"):
             blob[name] = None if getattr(dyn, name) is None else getattr(dyn, name).cpu()
@@ -307,6 +327,8 @@ class SBTMSampler:
                 blob["monitor"]["max_z"], blob["monitor"]["t_max_z"], blob["monitor"]["warned"])
         if blob.get("eta_ceiling") is not None:
             dyn.eta.ceiling = blob["eta_ceiling"]
+        if self.xstiff is not None and blob.get("stiffness_x") is not None:
+            self.xstiff.load_state_dict(blob["stiffness_x"])
         if self.cfg.training == "steps":
             dyn.model.load_state_dict(blob["model"])
             dyn.optimizer.load_state_dict(blob["optimizer"])
@@ -360,6 +382,8 @@ class SBTMSampler:
         info.update({k: v for k, v in self.info.items() if k not in info})
         if cfg.training == "steps":
             info["train_steps"] = self.dyn.train_steps
+        if self.xstiff is not None:
+            info["stiffness_x"] = self.xstiff.record()
         if self.monitor is not None and self.monitor.max_z > 0:
             info["stiffness"] = {"max_eta_lambda_dt": self.monitor.max_z, "at_t": self.monitor.t_max_z,
                                  "solver_limit": self.monitor.limit}
@@ -456,9 +480,10 @@ def _score_config(model, times: Tensor) -> dict | None:
     return cfg
 
 
-def _resolve_eta(eta):
+def _resolve_eta(eta, t0: float = 0.0):
     """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``; an ``AutoEta``
-    or ``NTKEta`` is copied (``sample`` sets its value / ceiling)."""
+    or ``NTKEta`` is copied (``sample`` sets its value / ceiling); a callable of t must return a
+    finite non-negative number at ``t0``."""
     from .ntk import NTKEta
 
     if isinstance(eta, str):
@@ -469,6 +494,10 @@ def _resolve_eta(eta):
         raise ValueError(f"eta must be a number, a callable of t, 'auto', 'ntk' or an NTKEta, got {eta!r}")
     if isinstance(eta, (NTKEta, AutoEta)):
         return copy.copy(eta)
+    if callable(eta):
+        v = eta(t0)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"eta(t) must return a finite non-negative number; eta({t0:g}) returned {v!r}")
     return eta
 
 

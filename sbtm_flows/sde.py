@@ -34,7 +34,7 @@ from .compat import TORCHSDE_METHODS, torchsde_method
 from .config import ULAConfig, build_config
 from .dynamics import particle_rates
 from .errors import SamplingError
-from .guards import FiniteTargetGuard
+from .guards import FiniteTargetGuard, ParticleStiffness
 from .loop import grid_index, output_grid, prepare_run, run, splitmix64
 from .paths import Path, as_path
 from .result import Result
@@ -167,7 +167,8 @@ def run_ula(target, config: ULAConfig | None = None, **kwargs) -> Result:
     path, gen, x0, _, _, device = prepare_run(target, cfg.init, cfg.n, cfg.t0, cfg.t_final, cfg.dt, cfg.save_every,
                                               cfg.seed, cfg.dtype, cfg.device)
     grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), True, cfg.times)
-    sampler = ULASampler(path, grid, grid[out_idx], cfg.sde_solver, cfg.solver_options, cfg.max_nfe, device=device)
+    sampler = ULASampler(path, grid, grid[out_idx], cfg.sde_solver, cfg.solver_options, cfg.max_nfe, device=device,
+                         stiffness_check=cfg.stiffness_check)
     config_dict = cfg.to_dict()
     ckpt = None
     if cfg.checkpoint is not None:
@@ -199,8 +200,11 @@ class ULASampler:
     entropy :func:`chunk_entropy` (base, k), the base drawn in :meth:`init` from the run's generator."""
 
     def __init__(self, path, grid: Tensor, times: Tensor, sde_solver: str = "euler", solver_options: dict | None = None,
-                 max_nfe: int | None = None, device: torch.device | str = "cpu"):
+                 max_nfe: int | None = None, device: torch.device | str = "cpu", stiffness_check: bool = True):
         check_sde_solver(sde_solver)
+        #: the particle-block check (Euler–Maruyama's drift step is stable for dt·|λ| ≤ 2)
+        self.stiffness = ParticleStiffness(path, sde_solver, 2.0, "ula", generator=torch.Generator().manual_seed(0)) \
+            if stiffness_check else None
         self.sde_type, self.levy = SDE_SOLVERS[sde_solver]
         self.sde = LangevinSDE(path, sde_type=self.sde_type, max_nfe=max_nfe)
         self.solver, self.solver_options = sde_solver, solver_options
@@ -210,7 +214,10 @@ class ULASampler:
         self.device = torch.device(device)
 
     def init(self, x0: Tensor, t0: float, generator: torch.Generator) -> ULAState:
-        """State at t0: X₀ ``(n, d)`` and a base entropy drawn from ``generator``."""
+        """State at t0: X₀ ``(n, d)`` and a base entropy drawn from ``generator`` (after the
+        particle-block stiffness check at X₀)."""
+        if self.stiffness is not None:
+            self.stiffness.start(x0, t0, float(self.grid[1] - self.grid[0]))
         return ULAState(x0, int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
 
     def particles(self, state: ULAState) -> Tensor:
@@ -223,11 +230,14 @@ class ULASampler:
 
     def state_dict(self, state: ULAState) -> dict:
         """Particles, base entropy and the evaluation count."""
-        return {"x": state.x.detach().cpu(), "entropy": state.entropy, "nfe": self.sde.nfe}
+        return {"x": state.x.detach().cpu(), "entropy": state.entropy, "nfe": self.sde.nfe,
+                "stiffness_x": None if self.stiffness is None else self.stiffness.state_dict()}
 
     def load_state_dict(self, blob: dict) -> ULAState:
         """Inverse of :meth:`state_dict` (particles back on the path's dtype/device)."""
         self.sde.nfe = int(blob["nfe"])
+        if self.stiffness is not None and blob.get("stiffness_x") is not None:
+            self.stiffness.load_state_dict(blob["stiffness_x"])
         return ULAState(blob["x"].to(self.device), int(blob["entropy"]))
 
     @torch.no_grad()
@@ -236,6 +246,8 @@ class ULASampler:
         i0, i1 = self._where[t0], self._where[t1]
         ts = self.grid[i0 : i1 + 1]
         y = state.x
+        if self.stiffness is not None:  # every 50 steps, looked at output times
+            self.stiffness.check(y, float(ts[0]), float(ts[1] - ts[0]), i0)
         k = self._interval[t0]
         bm = torchsde.BrownianInterval(
             t0=float(ts[0]), t1=float(ts[-1]), size=tuple(y.shape), dtype=y.dtype, device=y.device,
@@ -257,6 +269,8 @@ class ULASampler:
 
     def finish(self, state: ULAState, packed: dict, info: dict) -> dict:
         """Adds the SDE type, the Lévy-area approximation, the base entropy and the step count to ``info``."""
+        if self.stiffness is not None:
+            info["stiffness_x"] = self.stiffness.record()
         info.update({"sde_type": self.sde_type, "levy_area_approximation": self.levy,
                      "brownian_entropy": state.entropy, "n_steps": int(self.grid.numel() - 1)})
         return {}

@@ -258,9 +258,9 @@ def prerun_check(flow: "SBTMFlow", y: Tensor, solver: str, h: float, t0: float, 
             or an adaptive solver that would work)."""
     if monitor is not None:
         lam = monitor.estimate(y, iters=30, t=t0)
+        monitor.last_step = 0  # the check at step 0 need not estimate again
         if monitor.auto is not None:
             monitor.auto.update(lam, monitor.limit, h)
-            monitor.last_step = 0
     else:
         lam = hessian_max_eigenvalue(flow, y, generator=gen, t=t0)
     eta = flow.eta_at(t0)

@@ -16,7 +16,7 @@ KW = dict(init=sf.Gaussian(torch.zeros(1), 0.5 * torch.eye(1)), n=20, t_final=0.
     ("method", "kw", "match"),
     [
         ("sbtm", dict(training="steps", eta=123.0), r"eta=123.0 is not used by training='steps'; it is an option of training='flow'"),
-        ("sbtm", dict(training="steps", stiffness_check=False), "option of training='flow'"),
+        ("sbtm", dict(training="steps", eta=2.0), "option of training='flow'"),
         ("sbtm", dict(training="steps", record_ntk_every=1), "record_ntk_every.*training='flow'"),
         ("sbtm", dict(training="flow", inner_steps=99), r"inner_steps=99 is not used by training='flow'; it is an option of training='steps'"),
         ("sbtm", dict(training="flow", lr=5.0), "lr=5.0 .*training='steps'"),
