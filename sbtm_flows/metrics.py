@@ -313,6 +313,9 @@ class LawComparison:
         metric: the metric's name.
         floor_kind: ``"reference"`` (drawn from a reference law) or ``"permutation"`` (split
             of the pooled particles).
+        distance_sd: ``(T,)`` standard error of ``distance`` over the draws of a law ``b``
+            (sd/√draws; 0 when ``b`` is particles).
+        floor_sd: ``(T,)`` standard error of ``floor`` (sd/√floor_reps).
     """
 
     times: Tensor
@@ -320,6 +323,8 @@ class LawComparison:
     floor: Tensor
     metric: str
     floor_kind: str
+    distance_sd: Tensor | None = None
+    floor_sd: Tensor | None = None
 
     @property
     def ratio(self) -> Tensor:
@@ -379,6 +384,7 @@ def compare_laws(
     floor_reps: int = 10,
     seed: int | None = 0,
     tol: float = 1e-6,
+    draws: int = 10,
     **metric_kwargs,
 ) -> LawComparison:
     r"""Distance between the particle laws of ``a`` and ``b`` at matching times, with a noise floor.
@@ -387,8 +393,9 @@ def compare_laws(
         a: a :class:`Result` (its trajectory is read) or particles ``(n, d)``.
         b: a :class:`Result`, particles ``(m, d)``, or a law: a target with ``sample(n, generator)``
             or a callable ``t -> law`` (e.g. ``lambda t: Gaussian(0, 1 - exp(-2(t + 0.1)))``);
-            a law is sampled afresh at every time with as many points as ``a`` (and is the
-            reference unless ``reference`` is given).
+            a law is sampled afresh ``draws`` times at every time with as many points as ``a``
+            and the distances averaged (one draw's distance swings by tens of percent), and is
+            the reference unless ``reference`` is given.
         metric: ``"energy"`` (default), ``"sliced_w2"`` or ``"sinkhorn"`` (:data:`METRICS`);
             ``metric_kwargs`` go to it (``n_projections``, ``reg``).
         times: times to compare at (default: the output times common to both results, or the
@@ -397,18 +404,21 @@ def compare_laws(
             the floor is then the metric between two fresh reference samples of sizes (n, m).
             Without one, the floor is the metric between the two parts of random splits of the
             pooled particles into sizes (n, m) (the permutation null).
-        floor_reps: number of floor draws averaged; seed: seeds all draws.
+        floor_reps: number of floor draws averaged; draws: number of draws of a law ``b``
+            averaged; seed: seeds all draws.
 
     Returns:
-        a :class:`LawComparison` (``times``, ``distance``, ``floor``, ``ratio``).
+        a :class:`LawComparison` (``times``, ``distance``, ``floor``, ``ratio``, and the
+        standard errors ``distance_sd``, ``floor_sd``).
 
     Raises:
         ValueError: an unknown metric, mismatched dimensions, or times not among the outputs.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
-    if not (isinstance(floor_reps, int) and floor_reps >= 1):
-        raise ValueError(f"floor_reps must be a positive int, got {floor_reps!r}")
+    for name, v in (("floor_reps", floor_reps), ("draws", draws)):
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not isinstance(a, (Result, Tensor)):
         raise ValueError(f"a must be a Result or a tensor of particles (n, d), got {type(a).__name__}")
     b_is_law = not isinstance(b, (Result, Tensor)) and _is_law(b)
@@ -428,26 +438,30 @@ def compare_laws(
     for t in ts.tolist():
         x = _cloud(a, t, tol)
         ref = _law_at(reference, t) if reference is not None else None
-        y = _law_at(b, t).sample(x.shape[0], generator=gen).to(x) if b_is_law else _cloud(b, t, tol)
-        check_particles(y, x.shape[1], "b's particles")
-        dist.append(fn(x, y, gen, **metric_kwargs))
+        ys = [_law_at(b, t).sample(x.shape[0], generator=gen).to(x) for _ in range(draws)] if b_is_law else [_cloud(b, t, tol)]
+        check_particles(ys[0], x.shape[1], "b's particles")
+        dist.append([fn(x, y, gen, **metric_kwargs) for y in ys])
         reps = []
         for _ in range(floor_reps):
             if ref is not None:
-                u, v = ref.sample(x.shape[0], generator=gen), ref.sample(y.shape[0], generator=gen)
+                u, v = ref.sample(x.shape[0], generator=gen), ref.sample(ys[0].shape[0], generator=gen)
             else:
-                pooled = torch.cat([x, y.to(x)])
+                pooled = torch.cat([x, ys[0].to(x)])
                 perm = torch.randperm(pooled.shape[0], generator=gen)
                 u, v = pooled[perm[: x.shape[0]]], pooled[perm[x.shape[0] :]]
             reps.append(fn(u, v, gen, **metric_kwargs))
-        floor.append(sum(reps) / len(reps))
-    return LawComparison(
-        times=ts,
-        distance=torch.tensor(dist, dtype=torch.float64),
-        floor=torch.tensor(floor, dtype=torch.float64),
-        metric=metric,
-        floor_kind="reference" if reference is not None else "permutation",
-    )
+        floor.append(reps)
+    d_mean, d_se = _mean_and_se(dist)
+    f_mean, f_se = _mean_and_se(floor)
+    return LawComparison(times=ts, distance=d_mean, floor=f_mean, metric=metric,
+                         floor_kind="reference" if reference is not None else "permutation", distance_sd=d_se, floor_sd=f_se)
+
+
+def _mean_and_se(rows: list[list[float]]) -> tuple[Tensor, Tensor]:
+    """Per-row mean and standard error (sd/√k; 0 for a single value), each ``(T,)``."""
+    v = torch.tensor(rows, dtype=torch.float64)
+    se = v.std(1) / math.sqrt(v.shape[1]) if v.shape[1] > 1 else torch.zeros(v.shape[0], dtype=torch.float64)
+    return v.mean(1), se
 
 
 # ----------------------------------------------------------------------------------------

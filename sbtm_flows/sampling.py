@@ -31,7 +31,7 @@ from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .diagnostics import cumulative_trapezoid, score_diagnostics
 from .dynamics import AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
-from .guards import check_target_finite
+from .guards import check_target_finite, holdout_outliers
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .paths import Path, as_path
 from .result import Result
@@ -498,7 +498,10 @@ def run_sbtm(
             the training trajectory, within the tolerance) change.  A held-out particle whose
             position or rates stop being finite (the target's score overflows where it wandered)
             is frozen there, left out of the density diagnostics and counted in the diagnostic
-            ``holdout_lost``: held-out particles never stop a run.
+            ``holdout_lost``: held-out particles never stop a run.  One that escaped far outside
+            the training cloud (x or ℓ beyond its range by a range-width,
+            :func:`~sbtm_flows.guards.holdout_outliers`: s_Θ is untrained there, so its ℓ is
+            meaningless) is left out of the density diagnostics too and counted in ``holdout_escaped``.
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
         stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
             a run that the solver cannot keep stable.
@@ -633,12 +636,14 @@ def run_sbtm(
         if holdout:
             lost = dyn.holdout_velocity(t, y, fn)[2]
             diag["holdout_lost"] = float(lost.sum())
+            escaped = holdout_outliers(x, xh, logd, logdh) & ~lost
+            diag["holdout_escaped"] = float(escaped.sum())
         if logd is not None and log_target is not None:
             log_Z = getattr(path.target, "log_Z", None)
             dens = density_diagnostics(log_target(x), logd, log_Z)
             if holdout:
                 diag.update({f"{k}_train": v for k, v in dens.items()})
-                keep = ~lost
+                keep = ~(lost | escaped)
                 dens = density_diagnostics(log_target(xh[keep]), logdh[keep], log_Z)
             diag.update(dens)
         if training == "flow" and not getattr(dyn.eta, "needs_state", False):
