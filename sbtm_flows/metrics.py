@@ -212,7 +212,7 @@ def _sq_dists(x: Tensor, y: Tensor, budget: int = 2**22) -> Tensor:
     return torch.cat(rows)
 
 
-#: Largest sample size :func:`wasserstein2` accepts (exact OT is O(n³); 5,000 points take ~1 min).
+#: Largest sample size :func:`wasserstein2` accepts (network simplex, super-quadratic in n; measured 1.7 s at n = m = 2000, d = 2).
 W2_MAX_POINTS = 5000
 
 
