@@ -2,7 +2,7 @@
 
 Run:  OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/learned_diffusions.py gmm [--seeds 0 1 2] [--iterations 600]
       OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/learned_diffusions.py funnel manywell --seeds 0
-      OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/learned_diffusions.py gmm --sbtm --seeds 0   # SBTM beside them
+      PYTHONPATH=. python benchmarks/learned_diffusions.py --table        # the markdown table of the results
 Each run appends one JSON line to benchmarks/results/learned_diffusions.jsonl: target, method, loss,
 seed, ΔlogZ (IS estimate − true log Z), ELBO − log Z, ESS, EMC (entropy of the nearest-mode
 fractions / log K; 1 = all modes equally), the smallest mode fraction, Sinkhorn to exact
@@ -70,24 +70,6 @@ def run_one(name: str, method: str, loss: str, seed: int, iterations: int, setti
     return row
 
 
-def run_sbtm_row(name: str, seed: int, n: int, t_final: float, reg: float) -> dict:
-    """SBTM on a dilation path (λ₀ = 0.1, the paper's 5.4 set-up) from N(0, I): time and score evaluations."""
-    target = make(name)
-    init = sf.Gaussian(torch.zeros(target.dim), 1.0)
-    path = sf.Dilation(target, t_final=t_final, lam0=0.1)
-    t0 = time.perf_counter()
-    r = sf.sample(path, method="sbtm", init=init, n=n, t_final=t_final, dt=0.01, seed=seed, save_every=100)
-    row = {"target": name, "method": "sbtm", "loss": "ism (steps)", "seed": seed, "n": n, "t_final": t_final,
-           "wall_s": time.perf_counter() - t0, "nfe": r.nfe, "score_evals": r.nfe * n}
-    if hasattr(target, "means"):
-        row["emc"], row["min_mode"] = mode_stats(r.particles, target)
-    row["sinkhorn"], row["sinkhorn_n"] = sinkhorn_to_target(r.particles, target, seed, reg)
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    with OUT.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-    return row
-
-
 def table(path: Path = OUT) -> str:
     """A markdown table of the JSON lines: one row per (target, method, loss), mean ± sd over seeds."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -130,7 +112,6 @@ def main() -> None:
     ap.add_argument("--method", default="pis")
     ap.add_argument("--iterations", type=int, default=600)
     ap.add_argument("--reg", type=float, default=1.0)
-    ap.add_argument("--sbtm", action="store_true", help="SBTM rows instead (dilation path, n = 1000, T = 10)")
     a = ap.parse_args()
     if a.table:
         print(table())
@@ -139,10 +120,6 @@ def main() -> None:
     if bad or not a.targets:
         ap.error(f"targets must be among gmm, funnel, manywell, got {a.targets}")
     torch.set_num_threads(1)
-    if a.sbtm:
-        for t in a.targets:
-            run_sbtm_row("gmm25" if t == "gmm" else t, a.seeds[0], 1000, 10.0, a.reg)
-        return
     for t in a.targets:
         name = "gmm25" if t == "gmm" else t
         for seed in a.seeds:

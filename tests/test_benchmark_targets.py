@@ -58,6 +58,10 @@ def test_registry_and_declared_facts():
         dw.sample(3)
     for n in ("funnel", "gmm40-2d", "gmm40-50d", "25gmm", "mos-50d"):
         assert make_target(n).log_Z == 0.0 and make_target(n).has_sample
+    for n in ("funnel", "manywell", "25gmm", "mos-50d"):  # draws follow the target's dtype; a seed fixes them
+        tgt = make_target(n)
+        assert tgt.sample(3, gen(0)).dtype == torch.float32 and tgt.to(D64).sample(3, gen(0)).dtype == D64
+        torch.testing.assert_close(tgt.sample(4, gen(1)), tgt.sample(4, gen(1)))
 
 
 def test_funnel_log_prob_is_the_normalised_product_of_normals():

@@ -179,7 +179,7 @@ def test_ctrl_c_writes_a_checkpoint_and_partial_results_and_exits_130(tmp_path):
     from sbtm_flows.checkpoint import read_checkpoint
 
     ck, out = tmp_path / "ck", tmp_path / "out"
-    args = ["sample", "--target", "gaussian2d", "--method", "ula", "--n", "500", "--t-final", "100000", "--dt", "0.01",
+    args = ["sample", "--target", "gaussian2d", "--method", "ula", "--n", "500", "--t-final", "3000", "--dt", "0.01",
             "--checkpoint", str(ck), "--out", str(out), "--no-progress"]
     p = subprocess.Popen([sys.executable, "-m", "sbtm_flows.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=ENV)
