@@ -29,9 +29,12 @@ from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
 from .checkpoint import Checkpoint, target_fingerprint
 from .diagnostics import cumulative_trapezoid, score_diagnostics
-from .dynamics import AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_holdout, hessian_max_eigenvalue
+from .distributed import current as current_comm
+from .distributed import is_main_process, shard_rows
+from .dynamics import DEFAULT_BATCH, AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_batch, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
+from .losses import CHUNK
 from .paths import Path, as_path
 from .result import Result
 from .score import ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
@@ -438,6 +441,8 @@ def run_sbtm(
     stop_fisher: float | None = None,
     track_logdensity: bool = False,
     holdout: int = 0,
+    batch: int | None = DEFAULT_BATCH,
+    chunk: int | None = CHUNK,
     max_nfe: int | None = None,
     stiffness_check: bool = True,
     record_ntk_every: int | None = None,
@@ -543,7 +548,12 @@ def run_sbtm(
         raise ValueError(f"record_ntk_every needs training='flow', got training={training!r}")
     eta = _resolve_eta(eta)
     holdout = check_holdout(holdout)
+    batch = check_batch(batch)
+    _check_positive("chunk", chunk, integer=True, allow_none=True)
     fixed = solver in FIXED_GRID_SOLVERS
+    comm = current_comm()
+    if comm is not None:
+        _check_distributed(solver, fixed, holdout, record_ntk_every, eta)
     path, gen, x0, init_target, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
     dim = path.dim
     n = x0.shape[0]
@@ -569,23 +579,32 @@ def run_sbtm(
                         probes=probes, generator=gen, track_logdensity=track_logdensity, holdout=holdout, holdout_generator=hgen)
     dyn.max_nfe = max_nfe
     dyn.reject_nonfinite = not fixed
+    rank = 0 if comm is None else comm.rank
+    dyn.configure_scale(batch, chunk, comm, batch_seed=splitmix64(gen.initial_seed() + 0x5BD1E995 + rank))
+    rows = slice(0, n) if comm is None else shard_rows(n, comm.rank, comm.world)
+    if comm is not None:  # each rank's own Hutchinson probes (the shared stream `gen` stays equal on all ranks)
+        dyn.generator = torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x27D4EB2F + rank))
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), fixed, times)
+    if checkpoint is not None and comm is not None:  # one file per rank: its shard of the state
+        checkpoint = f"{os.fspath(checkpoint)}.rank{comm.rank}of{comm.world}"
     ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
-    info: dict = {"training": training}
+    info: dict = {"training": training, "batch": dyn.local_batch(n) if comm is None else batch, "ranks": 1 if comm is None else comm.world}
     if resumed is None:
         t_fit = time.perf_counter()
-        init_score = init_target.score(x0) if init_target is not None else None
-        if init_steps > 0:
+        if init_steps > 0:  # on `batch` random particles, the same on every rank
+            x_fit = x0 if dyn.local_batch(n) >= n else x0[_fit_rows(n, batch, gen)]
+            init_score = init_target.score(x_fit) if init_target is not None else None
             fit_probes = None
             if dyn.divergence == "hutchinson":
-                dyn._draw_probes(n, x0)
+                dyn._draw_probes(x_fit.shape[0], x_fit)
                 fit_probes = dyn.probes
-            info["init_fit"] = fit_score(score_model, x0, init_score, steps=int(init_steps), tol=init_tol,
+            info["init_fit"] = fit_score(score_model, x_fit, init_score, steps=int(init_steps), tol=init_tol,
                                          divergence=dyn.divergence, probes=fit_probes, t=t0)
         info["init_fit_seconds"] = time.perf_counter() - t_fit
-        y = dyn.initial_state(x0, log_density0=log_f0, holdout_x0=xh0, holdout_log_density0=log_fh0)
+        y = dyn.initial_state(x0[rows], log_density0=None if log_f0 is None else log_f0[rows], holdout_x0=xh0,
+                              holdout_log_density0=log_fh0)
         rec = Recorder()
         start, nfe0, wall0 = 0, 0, 0.0
     else:
@@ -610,6 +629,7 @@ def run_sbtm(
         if resumed is not None and monitor is not None:
             monitor.load_state_dict(resumed["monitor"])
         elif resumed is None and (stiffness_check or monitor is not None):
+            dyn.choose_batch(dyn.n_particles(y), int(start))
             _stiffness_check(dyn, y, solver, h, t0, t_final, gen, monitor)
 
     def state_parts(y, t):
@@ -622,7 +642,7 @@ def run_sbtm(
     def record(y, k) -> bool:
         t = float(grid[out_idx[k]])
         x, theta, fn = state_parts(y, t)
-        diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x))
+        diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x), chunk, comm)
         logd = dyn.log_density(y)
         xh, logdh = dyn.split_holdout(y) if holdout else (None, None)
         if holdout:
@@ -630,7 +650,7 @@ def run_sbtm(
             diag["holdout_lost"] = float(lost.sum())
         if logd is not None and log_target is not None:
             log_Z = getattr(path.target, "log_Z", None)
-            dens = density_diagnostics(log_target(x), logd, log_Z)
+            dens = density_diagnostics(log_target(x), logd, log_Z, comm)
             if holdout:
                 diag.update({f"{k}_train": v for k, v in dens.items()})
                 keep = ~lost
@@ -640,6 +660,8 @@ def run_sbtm(
             diag["eta"] = dyn.eta_at(t)
         if record_ntk_every is not None:
             diag.update(_ntk_record(dyn, x, t, theta, k % int(record_ntk_every) == 0, ntk_reference))
+        if comm is not None:  # every rank records all particles (in rank order = the single-process order)
+            x, logd = comm.gather_rows(x), (None if logd is None else comm.gather_rows(logd))
         rec.add(t, x, theta, logd, diag, holdout=(xh, logdh))
         if monitor is not None and k < len(out_idx) - 1:
             i = int(out_idx[k])
@@ -651,6 +673,8 @@ def run_sbtm(
 
     def advance(y, i0, i1):
         ts = grid[i0 : i1 + 1] if fixed else grid[[i0, i1]]
+        if training == "flow":  # the training subset of this output interval
+            dyn.choose_batch(dyn.n_particles(y), int(torch.searchsorted(out_idx, torch.tensor(i0))))
         options = dict(solver_options or {})
         return odeint_chunk(dyn, y, ts, solver, rtol, atol, options)
 
@@ -666,7 +690,7 @@ def run_sbtm(
     k_end = start
     if not stopped:
         y, k_end, stopped = drive(
-            advance, record, y, out_idx, grid, start=start, progress=progress,
+            advance, record, y, out_idx, grid, start=start, progress=progress and is_main_process(),
             checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
             desc="sbtm", postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": dyn.nfe, "F": f"{rec.diags['fisher'][-1]:.3g}"},
         )
@@ -711,6 +735,26 @@ def run_sbtm(
 
 
 METHODS["sbtm"] = run_sbtm
+
+
+def _fit_rows(n: int, m: int, gen: torch.Generator) -> Tensor:
+    """m of n rows for the initial fit, drawn by a generator derived from ``gen``'s seed (the
+    same on every rank, and without consuming ``gen``)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x1B873593)))[:m]
+
+
+def _check_distributed(solver: str, fixed: bool, holdout: int, record_ntk_every, eta) -> None:
+    """Refuse what a data-parallel (sharded) SBTM run does not support, naming the way out."""
+    if not fixed:
+        raise ValueError(
+            f"solver {solver!r} is adaptive: under torch.distributed each rank would choose its own step sizes from its "
+            "own shard's error norm, and the ranks' Θ would drift apart. Use a fixed-step solver (heun2, rk4, ...) for "
+            "data-parallel runs, or run in one process")
+    if holdout:
+        raise ValueError("holdout particles are not sharded: pass holdout=0 under torch.distributed (or run in one process)")
+    if record_ntk_every is not None or getattr(eta, "needs_state", False):
+        raise ValueError("the NTK tools (record_ntk_every, eta='ntk') need all particles in one process: run without "
+                         "torch.distributed")
 
 
 def resolve_training(target, solver: str, record_ntk_every: int | None = None) -> str:
@@ -859,6 +903,7 @@ def _sbtm_state(dyn, training: str, monitor=None) -> dict:
         "generator": dyn.generator.get_state() if dyn.generator is not None else None,
         "holdout_probes": None if dyn.holdout_probes is None else dyn.holdout_probes.cpu(),
         "holdout_generator": dyn.holdout_generator.get_state() if dyn.holdout_generator is not None else None,
+        "batch_generator": dyn.batch_generator.get_state(),
     }
     if training == "steps":
         state["model"] = {k: v.detach().cpu() for k, v in dyn.model.state_dict().items()}
@@ -881,7 +926,7 @@ def _restore(blob, dyn, training, device, dtype):
     for name in ("probes", "holdout_probes"):
         if blob.get(name) is not None:
             setattr(dyn, name, blob[name].to(device=device, dtype=dtype))
-    for name in ("generator", "holdout_generator"):
+    for name in ("generator", "holdout_generator", "batch_generator"):
         if blob.get(name) is not None and getattr(dyn, name) is not None:
             getattr(dyn, name).set_state(blob[name])
     if training == "steps":
