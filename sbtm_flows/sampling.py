@@ -52,6 +52,8 @@ FIXED_GRID_SOLVERS = frozenset(
 #: Real stability interval [−c, 0] of each fixed-step method (for the stiffness check).
 _STABILITY = {"euler": 2.0, "midpoint": 2.0, "heun2": 2.0, "heun3": 2.51, "rk4": 2.78}
 TRAININGS = ("flow", "steps", "auto")
+#: Default number of particles the score diagnostics (F^n, loss, dissipation) average over.
+DIAGNOSTICS_SAMPLE = 65536
 #: method name -> runner; ``sample`` dispatches on it (other modules add entries).
 METHODS: dict[str, Callable[..., Result]] = {}
 
@@ -443,6 +445,7 @@ def run_sbtm(
     holdout: int = 0,
     batch: int | None = DEFAULT_BATCH,
     chunk: int | None = CHUNK,
+    diagnostics_sample: int | None = DIAGNOSTICS_SAMPLE,
     max_nfe: int | None = None,
     stiffness_check: bool = True,
     record_ntk_every: int | None = None,
@@ -503,6 +506,18 @@ def run_sbtm(
             position or rates stop being finite (the target's score overflows where it wandered)
             is frozen there, left out of the density diagnostics and counted in the diagnostic
             ``holdout_lost``: held-out particles never stop a run.
+        batch: m, the number of particles in the score loss (default :data:`DEFAULT_BATCH` = 4096;
+            None: all).  ``training="steps"`` draws a fresh mini-batch of m of the n particles for
+            every optimizer step; the flow trains on a fixed random subset per output interval (so
+            the right-hand side is a deterministic function of the state).  Every particle moves;
+            those outside the batch with the velocity of the held-out ones (see
+            :meth:`~sbtm_flows.dynamics.SBTMFlow.configure_scale`).  The initial fit uses m random
+            particles.  m ≥ n is the full-batch algorithm, unchanged.
+        chunk: block size (particles) of every per-particle computation: memory grows with it,
+            not with n (None: no blocking).
+        diagnostics_sample: the score diagnostics (``fisher``, ``loss``, ``dissipation``…) are
+            means over a fixed random subset of this many particles (default 65536; None: all);
+            the density diagnostics (log Z, ESS) use every particle.
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
         stiffness_check: before a fixed-step flow run, estimate η·λ_max(∇²_Θ L)·dt and refuse
             a run that the solver cannot keep stable.
@@ -550,6 +565,7 @@ def run_sbtm(
     holdout = check_holdout(holdout)
     batch = check_batch(batch)
     _check_positive("chunk", chunk, integer=True, allow_none=True)
+    _check_positive("diagnostics_sample", diagnostics_sample, integer=True, allow_none=True)
     fixed = solver in FIXED_GRID_SOLVERS
     comm = current_comm()
     if comm is not None:
@@ -585,6 +601,7 @@ def run_sbtm(
     if comm is not None:  # each rank's own Hutchinson probes (the shared stream `gen` stays equal on all ranks)
         dyn.generator = torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x27D4EB2F + rank))
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), fixed, times)
+    diag_rows = _diagnostic_rows(rows.stop - rows.start, n, diagnostics_sample, gen, rank, device)
     if checkpoint is not None and comm is not None:  # one file per rank: its shard of the state
         checkpoint = f"{os.fspath(checkpoint)}.rank{comm.rank}of{comm.world}"
     ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
@@ -642,7 +659,10 @@ def run_sbtm(
     def record(y, k) -> bool:
         t = float(grid[out_idx[k]])
         x, theta, fn = state_parts(y, t)
-        diag = score_diagnostics(path, fn, x, t, dyn.divergence, dyn._need_probes(x), chunk, comm)
+        xd, pd = x, dyn._need_probes(x)
+        if diag_rows is not None:  # the score diagnostics are means: a fixed random subset estimates them
+            xd, pd = x[diag_rows], (None if pd is None else pd[:, diag_rows])
+        diag = score_diagnostics(path, fn, xd, t, dyn.divergence, pd, chunk, comm)
         logd = dyn.log_density(y)
         xh, logdh = dyn.split_holdout(y) if holdout else (None, None)
         if holdout:
@@ -735,6 +755,17 @@ def run_sbtm(
 
 
 METHODS["sbtm"] = run_sbtm
+
+
+def _diagnostic_rows(n_local: int, n: int, sample: int | None, gen: torch.Generator, rank: int, device) -> Tensor | None:
+    """The rows of this process's particles on which the score diagnostics are computed: None
+    (all) when ``sample`` is None or ≥ n, else a fixed random subset of the local share
+    ⌈sample·n_local/n⌉ (drawn once, from a generator derived from ``gen``'s seed and the rank)."""
+    if sample is None or sample >= n:
+        return None
+    k = min(n_local, -(-sample * n_local // n))
+    g = torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x68E31DA4 + rank))
+    return torch.randperm(n_local, generator=g)[:k].sort().values.to(device)
 
 
 def _fit_rows(n: int, m: int, gen: torch.Generator) -> Tensor:

@@ -18,6 +18,13 @@ the shared chunked driver.  Each output interval [t_k, t_{k+1}] has its own
 ``torchsde.BrownianInterval`` whose entropy is a fixed function of the run's seed and k, so
 the same seed gives bitwise the same particles, and a run resumed from a checkpoint at t_k
 draws exactly the Brownian increments the uninterrupted run would have drawn.
+
+The particles' Brownian motions come in row blocks (:func:`noise_blocks`: one block up to
+4096 particles, at most 256 blocks), each block a ``BrownianInterval`` with its own entropy
+(:class:`BlockBrownian`).  So a data-parallel run (``torch.distributed``, see
+:mod:`sbtm_flows.distributed`), in which each rank holds whole blocks, draws bitwise the
+increments of the single-process run: ULA shards trivially, with no communication but the
+gathering of the particles at output times.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from torchsde._core import methods as _tsde_methods
 from torchsde.settings import METHODS as _TSDE_METHODS
 
 from .checkpoint import Checkpoint, target_fingerprint
+from .distributed import current as current_comm
+from .distributed import is_main_process
 from .dynamics import particle_rates
 from .errors import SamplingError
 from .paths import Path, as_path
@@ -48,7 +57,11 @@ from .sampling import (
     splitmix64,
 )
 
-__all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs", "chunk_entropy"]
+__all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs", "chunk_entropy", "noise_blocks", "BlockBrownian"]
+
+#: Noise blocks: at least this many rows each, and at most NOISE_BLOCKS_MAX blocks.
+NOISE_BLOCK_MIN = 4096
+NOISE_BLOCKS_MAX = 256
 
 _ADJOINT_ONLY = {"adjoint_reversible_heun"}
 
@@ -133,6 +146,74 @@ def chunk_entropy(base: int, k: int) -> int:
     return splitmix64(int(base) * 0x9E3779B97F4A7C15 + int(k) + 1) % (2**31 - 1)
 
 
+def noise_blocks(n: int) -> list[slice]:
+    """The row blocks of n particles' Brownian motions: blocks of B = max(4096, ⌈n/256⌉) rows
+    (the last one shorter); a function of n alone, so the noise does not depend on the number
+    of processes."""
+    size = max(NOISE_BLOCK_MIN, -(-n // NOISE_BLOCKS_MAX))
+    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def block_entropy(interval_entropy: int, b: int) -> int:
+    """Entropy of noise block b in an output interval (block 0 keeps the interval's own, so a run
+    of up to 4096 particles has the Brownian motion of one BrownianInterval of its size)."""
+    return interval_entropy if b == 0 else splitmix64(int(interval_entropy) * 0x9E3779B97F4A7C15 + b) % (2**31 - 1)
+
+
+class BlockBrownian(torchsde.BaseBrownian):
+    """Brownian motions of several row blocks side by side: ``bm(ta, tb)`` is the blocks'
+    increments concatenated along the rows, ``(Σ rows, d)`` (and likewise their space-time Lévy
+    areas when a solver asks for them)."""
+
+    __slots__ = ("bms",)
+
+    def __init__(self, bms: list):
+        if not bms:
+            raise ValueError("BlockBrownian needs at least one block")
+        self.bms = list(bms)
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        outs = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self.bms]
+        if len(outs) == 1:
+            return outs[0]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs))
+        return torch.cat(outs)
+
+    def __repr__(self) -> str:
+        return f"BlockBrownian({len(self.bms)} blocks, shape={self.shape})"
+
+    @property
+    def dtype(self):
+        return self.bms[0].dtype
+
+    @property
+    def device(self):
+        return self.bms[0].device
+
+    @property
+    def shape(self):
+        return torch.Size((sum(bm.shape[0] for bm in self.bms), *self.bms[0].shape[1:]))
+
+    @property
+    def levy_area_approximation(self):
+        return self.bms[0].levy_area_approximation
+
+
+def _my_blocks(n: int, comm) -> list[tuple[int, slice]]:
+    """``[(b, rows)]``: the noise blocks of this process (all of them in one process; rank r of R
+    holds blocks ⌊r·nb/R⌋ … ⌊(r+1)·nb/R⌋ − 1)."""
+    blocks = list(enumerate(noise_blocks(n)))
+    if comm is None:
+        return blocks
+    mine = blocks[comm.rank * len(blocks) // comm.world : (comm.rank + 1) * len(blocks) // comm.world]
+    if not mine:
+        raise ValueError(
+            f"n={n} particles make {len(blocks)} noise block(s) of up to {blocks[0][1].stop} rows, fewer than the {comm.world} "
+            f"processes: a sharded ULA run needs n >= {comm.world * NOISE_BLOCK_MIN} (or run in one process)")
+    return mine
+
+
 def uniform_runs(ts: Tensor, rtol: float = 1e-6) -> list[tuple[int, int]]:
     """Split a grid ``(m,)`` into maximal runs of equal steps (relative tolerance ``rtol``):
     index pairs ``(a, b)`` with ts[a:b+1] uniform.  A uniform grid is one run."""
@@ -203,16 +284,21 @@ def run_ula(
     sde = LangevinSDE(path, sde_type=sde_type, max_nfe=max_nfe)
     grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), True, times)
     entropy = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    comm = current_comm()
+    blocks = _my_blocks(x0.shape[0], comm)  # [(block index, rows)] of this process
+    rows = slice(blocks[0][1].start, blocks[-1][1].stop)
+    if checkpoint is not None and comm is not None:  # one file per rank: its shard of the state
+        checkpoint = f"{os.fspath(checkpoint)}.rank{comm.rank}of{comm.world}"
     ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
     def advance(y: Tensor, i0: int, i1: int) -> Tensor:
         ts = grid[i0 : i1 + 1]
         k = int(torch.searchsorted(out_idx, torch.tensor(i0)))
-        bm = torchsde.BrownianInterval(
-            t0=float(ts[0]), t1=float(ts[-1]), size=tuple(y.shape), dtype=dtype, device=device,
-            entropy=chunk_entropy(entropy, k), dt=float((ts[1:] - ts[:-1]).max()), levy_area_approximation=levy,
-        )
+        bm = BlockBrownian([torchsde.BrownianInterval(
+            t0=float(ts[0]), t1=float(ts[-1]), size=(r.stop - r.start, y.shape[1]), dtype=dtype, device=device,
+            entropy=block_entropy(chunk_entropy(entropy, k), b), dt=float((ts[1:] - ts[:-1]).max()),
+            levy_area_approximation=levy) for b, r in blocks])
         for a, b in uniform_runs(ts):
             span = ts[[a, b]]
             step = float(span[1] - span[0]) / (b - a) * (1.0 + 1e-9)  # lands exactly on ts[b]
@@ -228,13 +314,13 @@ def run_ula(
         return y
 
     if resumed is None:
-        y, rec, start, wall0 = x0, Recorder(), 0, 0.0
+        y, rec, start, wall0 = x0[rows], Recorder(), 0, 0.0
         rec.add(float(grid[out_idx[0]]), x0)
     else:
         y, rec, start, sde.nfe, wall0, _ = restore_record(resumed, device, dtype)
 
     def record(y: Tensor, k: int) -> bool:
-        rec.add(float(grid[out_idx[k]]), y)
+        rec.add(float(grid[out_idx[k]]), y if comm is None else comm.gather_rows(y))
         return False
 
     def save_ckpt(y: Tensor, k: int, stopped: bool) -> None:
@@ -242,7 +328,7 @@ def run_ula(
 
     t_start = time.perf_counter()
     with torch.no_grad():
-        drive(advance, record, y, out_idx, grid, start=start, progress=progress, desc="ula",
+        drive(advance, record, y, out_idx, grid, start=start, progress=progress and is_main_process(), desc="ula",
               checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
               postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": sde.nfe})
     wall = time.perf_counter() - t_start + wall0
@@ -255,6 +341,7 @@ def run_ula(
         "levy_area_approximation": levy,
         "brownian_entropy": entropy,
         "n_steps": int(grid.numel() - 1),
+        "ranks": 1 if comm is None else comm.world,
     }
     return Result(
         particles=packed["trajectory"][-1],
