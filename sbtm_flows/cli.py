@@ -68,6 +68,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="folder for checkpoints (one file per method); written every 50 output times, at the end and on Ctrl-C")
+    p.add_argument("--resume", action="store_true", help="continue the run whose checkpoints are in --checkpoint DIR")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,14 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _writable_dir(path: pathlib.Path) -> pathlib.Path:
+def _writable_dir(path: pathlib.Path, what: str = "output folder") -> pathlib.Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise _CliError(f"sbtm-flows: cannot write to output folder {str(path)!r}: {e.strerror or e}") from None
+        raise _CliError(f"sbtm-flows: cannot write to {what} {str(path)!r}: {e.strerror or e}") from None
     return path
 
 
@@ -107,16 +110,33 @@ def _overrides(a) -> dict:
     return {k: getattr(a, attr) for attr, k in keys.items() if getattr(a, attr, None) is not None}
 
 
+def _read_config(path: str) -> dict:
+    """The JSON object in ``path`` (one-line errors for unreadable files, bad JSON, non-objects)."""
+    try:
+        cfg = json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise _CliError(f"sbtm-flows: cannot read config {path!r}: {getattr(e, 'strerror', None) or e}") from None
+    except json.JSONDecodeError as e:
+        raise _CliError(f"sbtm-flows: config {path!r} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise _CliError(f"sbtm-flows: config {path!r} must be a JSON object (name -> value), got a JSON {type(cfg).__name__}")
+    return cfg
+
+
 def _cmd_run(a) -> int:
-    from .experiments import experiment_config, run_experiment
+    from .experiments import EXPERIMENTS, experiment_config, run_experiment
 
     if a.config:
-        try:
-            cfg = json.loads(pathlib.Path(a.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise _CliError(f"sbtm-flows: cannot read config {a.config!r}: {e}") from None
-        if a.experiment and a.experiment != cfg.get("experiment"):
-            raise _CliError(f"sbtm-flows: the config is for {cfg.get('experiment')!r}, not {a.experiment!r}")
+        cfg = _read_config(a.config)
+        name = cfg.get("experiment")
+        if name not in EXPERIMENTS:
+            raise _CliError(f"sbtm-flows: config {a.config!r} names no known experiment (\"experiment\": {name!r}); "
+                            f"valid: {', '.join(EXPERIMENTS)}")
+        if a.experiment and a.experiment != name:
+            raise _CliError(f"sbtm-flows: the config is for {name!r}, not {a.experiment!r}")
+        missing = sorted(set(EXPERIMENTS[name].defaults) - set(cfg))
+        if missing:
+            raise _CliError(f"sbtm-flows: config {a.config!r} is missing {', '.join(map(repr, missing))} (needed by {name})")
         cfg.update(_overrides(a))
         out = pathlib.Path(a.out) if a.out else pathlib.Path(a.config).parent
     else:
@@ -124,49 +144,90 @@ def _cmd_run(a) -> int:
             raise _CliError("sbtm-flows run: name an experiment or give --config (see `sbtm-flows list`)")
         cfg = experiment_config(a.experiment, quick=a.quick, **_overrides(a))
         out = pathlib.Path(a.out or os.path.join("runs", a.experiment))
-    _check_names(cfg)
+    _validate(cfg, EXPERIMENTS[cfg["experiment"]].defaults)
+    ckpt = _checkpoint_dir(a)
     _writable_dir(out)
-    metrics = run_experiment(cfg, out, progress=not a.no_progress)
+    metrics = run_experiment(cfg, out, progress=not a.no_progress, checkpoint=ckpt, resume=a.resume)
     print(f"{cfg['experiment']}: wrote {out}/ (metrics.json, figures); wall time {metrics['total_wall_time_s']:.1f} s")
     return 0
 
 
-def _check_names(cfg: dict) -> None:
-    from .sampling import SOLVERS
+def _checkpoint_dir(a) -> pathlib.Path | None:
+    if a.resume and not a.checkpoint:
+        raise _CliError("sbtm-flows: --resume needs --checkpoint DIR (the folder of the run to continue)")
+    return _writable_dir(pathlib.Path(a.checkpoint), "checkpoint folder") if a.checkpoint else None
 
-    if cfg.get("solver") is not None and cfg["solver"] not in SOLVERS:
-        raise _CliError(f"sbtm-flows: unknown solver {cfg['solver']!r}; valid: {', '.join(sorted(SOLVERS))}")
+
+def _bad(key: str, v, what: str) -> _CliError:
+    return _CliError(f"sbtm-flows: {key} must be {what}, got {v!r}")
+
+
+def _validate(cfg: dict, defaults: dict | None = None) -> None:
+    """Every argument of a run checked before any computation (names of both methods'
+    solvers, numbers, device, and the types of the experiment's other options)."""
+    import math
+
+    from .sampling import SOLVERS, TRAININGS, resolve_device
+    from .sde import SDE_SOLVERS
+
+    names = {"solver": SOLVERS, "sde_solver": SDE_SOLVERS, "training": TRAININGS}
+    for key, valid in names.items():
+        if cfg.get(key) is not None and cfg[key] not in valid:
+            raise _CliError(f"sbtm-flows: unknown {key.replace('_', '-')} {cfg[key]!r}; valid: {', '.join(sorted(valid))}")
+    for key, v in cfg.items():
+        if v is None or key in names:
+            continue
+        if key in ("n", "save_every") and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise _bad(key, v, "a positive integer")
+        if key in ("holdout", "seed") and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise _bad(key, v, "a non-negative integer")
+        if key in ("t_final", "dt", "lam0") and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+            raise _bad(key, v, "a positive finite number")
+        if key == "eta" and v not in ("auto", "ntk") and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                          or not math.isfinite(v) or v <= 0):
+            raise _bad(key, v, "a positive number, 'auto' or 'ntk'")
+        if defaults and key in defaults and defaults[key] is not None and key != "eta":
+            kind = float if isinstance(defaults[key], float) else type(defaults[key])
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else isinstance(v, kind)
+            if not ok:
+                raise _bad(key, v, f"a {kind.__name__} (like the default {defaults[key]!r})")
+    try:
+        resolve_device(cfg.get("device"))
+    except ValueError as e:
+        raise _CliError(f"sbtm-flows: {e}") from None
 
 
 def _cmd_sample(a) -> int:
-    import torch
-
     from .experiments import make_target
+    from .files import save_torch, write_json
     from .sampling import METHODS, sample
 
-    target = make_target(a.target)
     if a.method not in METHODS:
         raise _CliError(f"sbtm-flows: unknown method {a.method!r}; valid: {', '.join(sorted(METHODS))}")
     kw = _overrides(a)
-    _check_names(kw)
+    _validate(kw)
+    ckpt = _checkpoint_dir(a)
     out = _writable_dir(pathlib.Path(a.out))
+    target = make_target(a.target)
     if a.method == "ula":
         kw.pop("solver", None)
         kw.pop("training", None)
         kw.pop("eta", None)
     else:
         kw.pop("sde_solver", None)
+    if ckpt is not None:
+        kw.update(checkpoint=ckpt / f"{a.method}.ckpt", resume=a.resume)
     res = sample(target, method=a.method, progress=not a.no_progress, **kw)
     res.save(out / "result.pt")
-    torch.save(res.particles.cpu(), out / "particles.pt")
+    save_torch(res.particles.cpu(), out / "particles.pt")
     summary = {"target": a.target, "method": a.method, "n": res.n, "t_final": float(res.times[-1]), "nfe": res.nfe,
                "wall_time_s": res.wall_time, "mean": res.particles.double().mean(0).tolist(),
                "final": {k: float(v[-1]) for k, v in res.diagnostics.items()}}
     if callable(getattr(target, "compare", None)):  # a posteriordb target: errors against its reference draws
         cmp = target.compare(res.particles)
         summary["reference"] = {k: v for k, v in cmp.items() if isinstance(v, (int, float))}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    (out / "config.json").write_text(json.dumps({"target": a.target, "method": a.method, **res.config}, indent=2, default=str))
+    write_json(out / "metrics.json", summary, indent=2)
+    write_json(out / "config.json", {"target": a.target, "method": a.method, **res.config}, indent=2, default=str)
     print(f"{a.method} on {a.target}: {res.n} particles at t={float(res.times[-1]):g}, NFE {res.nfe}, "
           f"{res.wall_time:.1f} s; wrote {out}/")
     return 0

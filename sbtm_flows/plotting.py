@@ -7,6 +7,7 @@ Ilin, Hosseini & Hu, *Score-Based Deterministic Density Sampling*.
 
 from __future__ import annotations
 
+import io
 from typing import Callable, Sequence
 
 import matplotlib
@@ -49,9 +50,15 @@ def panels(ncols: int = 1, size: tuple[float, float] = (5.0, 3.6)):
 
 
 def save(fig, path) -> None:
-    """Write ``fig`` as PNG (dpi 110) and close it."""
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Write ``fig`` as PNG (dpi 110) atomically (no partial file on a full disk) and close it."""
+    from .files import atomic_write
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write(path, buf.getvalue())
 
 
 def plot_trajectories(sbtm: Result, sde: Result, n_paths: int = 30, axs=None):

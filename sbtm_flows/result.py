@@ -112,10 +112,13 @@ class Result:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def save(self, path: str | _FsPath) -> None:
-        """Write the result with ``torch.save`` (loadable with ``weights_only=True``)."""
+        """Write the result with ``torch.save`` (loadable with ``weights_only=True``),
+        atomically: a failed write (full disk) raises OSError and leaves no partial file."""
+        from .files import save_torch
+
         path = _FsPath(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(_to_cpu(self.to_dict()), path)
+        save_torch(_to_cpu(self.to_dict()), path)
 
 
 def _to_cpu(obj):

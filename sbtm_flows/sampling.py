@@ -27,12 +27,13 @@ import torchdiffeq
 from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
-from .checkpoint import Checkpoint, target_fingerprint
+from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .diagnostics import cumulative_trapezoid, score_diagnostics
 from .distributed import current as current_comm
 from .distributed import is_main_process, shard_rows
 from .dynamics import DEFAULT_BATCH, AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_batch, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
+from .guards import check_target_finite
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .losses import CHUNK
 from .paths import Path, as_path
@@ -456,7 +457,7 @@ def run_sbtm(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
-    resume: bool = False,
+    resume: bool | str = False,
 ) -> Result:
     r"""Run SBTM: dX/dt = ∇log π_t(X) − s_Θ(X) with s_Θ trained online on the particles.
 
@@ -531,7 +532,9 @@ def run_sbtm(
         device, dtype: where and in which precision to run (float32 default).
         progress: show a tqdm progress bar.
         checkpoint, checkpoint_every, resume: write a checkpoint every ``checkpoint_every``
-            output times; with ``resume=True`` an existing checkpoint is continued.
+            output times; with ``resume=True`` an existing checkpoint of the same run (same
+            content fingerprint, see :mod:`sbtm_flows.checkpoint`) is continued;
+            ``resume="force"`` also accepts arguments that cannot be fingerprinted, with a warning.
 
     Raises:
         ValueError: bad arguments (names the argument and the valid values).
@@ -556,6 +559,7 @@ def run_sbtm(
     for name, v in (("rtol", rtol), ("atol", atol)):
         _check_positive(name, v)
     _check_positive("checkpoint_every", checkpoint_every, integer=True)
+    check_resume(resume)
     _check_positive("stop_fisher", stop_fisher, allow_none=True)
     _check_positive("max_nfe", max_nfe, integer=True, allow_none=True)
     _check_positive("record_ntk_every", record_ntk_every, integer=True, allow_none=True)
@@ -604,7 +608,7 @@ def run_sbtm(
     diag_rows = _diagnostic_rows(rows.stop - rows.start, n, diagnostics_sample, gen, rank, device)
     if checkpoint is not None and comm is not None:  # one file per rank: its shard of the state
         checkpoint = f"{os.fspath(checkpoint)}.rank{comm.rank}of{comm.world}"
-    ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
+    ckpt = Checkpoint(checkpoint, {**args, "score_model": score_model}, target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
     info: dict = {"training": training, "batch": dyn.local_batch(n) if comm is None else batch, "ranks": 1 if comm is None else comm.world}
@@ -659,6 +663,7 @@ def run_sbtm(
     def record(y, k) -> bool:
         t = float(grid[out_idx[k]])
         x, theta, fn = state_parts(y, t)
+        check_target_finite(path, x, t)
         xd, pd = x, dyn._need_probes(x)
         if diag_rows is not None:  # the score diagnostics are means: a fixed random subset estimates them
             xd, pd = x[diag_rows], (None if pd is None else pd[:, diag_rows])

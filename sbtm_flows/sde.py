@@ -39,11 +39,12 @@ from torch import Tensor
 from torchsde._core import methods as _tsde_methods
 from torchsde.settings import METHODS as _TSDE_METHODS
 
-from .checkpoint import Checkpoint, target_fingerprint
+from .checkpoint import Checkpoint, check_resume, target_fingerprint
 from .distributed import current as current_comm
 from .distributed import is_main_process
 from .dynamics import particle_rates
 from .errors import SamplingError
+from .guards import check_target_finite
 from .paths import Path, as_path
 from .result import Result
 from .sampling import (
@@ -246,7 +247,7 @@ def run_ula(
     max_nfe: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
-    resume: bool = False,
+    resume: bool | str = False,
 ) -> Result:
     r"""Run (annealed) ULA: dX = ∇log π_t(X) dt + √2 dW with torchsde, from X₀ ~ init.
 
@@ -261,7 +262,8 @@ def run_ula(
         solver_options: passed to ``torchsde.sdeint`` as ``options``.
         max_nfe: raise :class:`SamplingError` after this many drift evaluations.
         checkpoint, checkpoint_every, resume: write a checkpoint every ``checkpoint_every``
-            output times; ``resume=True`` continues an existing one, bitwise as if uninterrupted.
+            output times; ``resume=True`` continues an existing one of the same run, bitwise as
+            if uninterrupted (``"force"``: see :func:`~sbtm_flows.sampling.run_sbtm`).
 
     The Brownian motion of output interval k is a ``torchsde.BrownianInterval`` with entropy
     :func:`chunk_entropy` (base, k), the base being drawn from the seeded generator after X₀:
@@ -279,6 +281,7 @@ def run_ula(
     args = dict(locals())
     args.pop("target")
     _check_sde_solver(sde_solver)
+    check_resume(resume)
     path, gen, x0, _, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
     sde_type, levy = SDE_SOLVERS[sde_solver]
     sde = LangevinSDE(path, sde_type=sde_type, max_nfe=max_nfe)
@@ -289,7 +292,7 @@ def run_ula(
     rows = slice(blocks[0][1].start, blocks[-1][1].stop)
     if checkpoint is not None and comm is not None:  # one file per rank: its shard of the state
         checkpoint = f"{os.fspath(checkpoint)}.rank{comm.rank}of{comm.world}"
-    ckpt = Checkpoint(checkpoint, _config_of(args), target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
+    ckpt = Checkpoint(checkpoint, args, target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
     def advance(y: Tensor, i0: int, i1: int) -> Tensor:
@@ -315,11 +318,13 @@ def run_ula(
 
     if resumed is None:
         y, rec, start, wall0 = x0[rows], Recorder(), 0, 0.0
+        check_target_finite(path, x0, float(grid[out_idx[0]]))
         rec.add(float(grid[out_idx[0]]), x0)
     else:
         y, rec, start, sde.nfe, wall0, _ = restore_record(resumed, device, dtype)
 
     def record(y: Tensor, k: int) -> bool:
+        check_target_finite(path, y, float(grid[out_idx[k]]))
         rec.add(float(grid[out_idx[k]]), y if comm is None else comm.gather_rows(y))
         return False
 

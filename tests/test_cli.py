@@ -113,11 +113,59 @@ def test_sample_a_posteriordb_target_reports_errors_against_its_reference(tmp_pa
         ["run", "gaussian-1d", "--quick", "--out", "/proc/forbidden/x"],
         ["run", "--config", "{tmp}/missing.json"],
         ["sample", "--target", "gaussian1d", "--method", "svgd", "--out", "{tmp}/a"],
+        ["run", "gaussian-1d", "--quick", "--sde-solver", "bogus", "--out", "{tmp}/a"],  # before the SBTM half runs
+        ["run", "--config", "{tmp}/list.json"],
+        ["run", "--config", "{tmp}/missing_key.json"],
+        ["run", "--config", "{tmp}/bad_value.json"],
+        ["sample", "--target", "gaussian1d", "--resume", "--out", "{tmp}/a"],
+        ["sample", "--target", "gaussian1d", "--checkpoint", "/proc/forbidden", "--out", "{tmp}/a"],
+        ["sample", "--target", "gaussian1d", "--device", "cuda:7", "--out", "{tmp}/a"],
     ],
 )
 def test_bad_input_exits_with_one_line(tmp_path, args):
+    good = EXPERIMENTS["gaussian-1d"].defaults
+    (tmp_path / "list.json").write_text(json.dumps([1, 2]))
+    (tmp_path / "missing_key.json").write_text(json.dumps({"experiment": "gaussian-1d", **{k: v for k, v in good.items() if k != "dt"}}))
+    (tmp_path / "bad_value.json").write_text(json.dumps({"experiment": "gaussian-1d", **good, "sde_solver": "nope"}))
     p = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], check=False)
-    assert p.returncode != 0
+    assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr
     assert "Traceback" not in p.stderr
+    assert not (tmp_path / "a" / "particles.pt").exists() and not (tmp_path / "a" / "config.json").exists()
+
+
+def _disk_full_after(limit: int):
+    """A child process whose files cannot grow beyond ``limit`` bytes: writes past it fail with
+    EFBIG, as on a full disk (SIGXFSZ ignored, so the write returns the error)."""
+    import resource
+    import signal
+
+    def pre():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return pre
+
+
+def test_a_full_disk_gives_status_2_one_line_and_no_truncated_file(tmp_path):
+    out = tmp_path / "x"
+    args = ["sample", "--target", "gaussian2d", "--method", "ula", "--n", "200", "--t-final", "0.5", "--out", str(out),
+            "--no-progress"]
+    p = subprocess.run([sys.executable, "-m", "sbtm_flows.cli", *args], capture_output=True, text=True, env=ENV, timeout=300,
+                       preexec_fn=_disk_full_after(8192))
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "result.pt" in lines[0] and "Traceback" not in p.stderr, p.stderr
+    assert sorted(f.name for f in out.iterdir()) == []  # neither a truncated result.pt nor a .tmp
+
+
+def test_checkpoint_and_resume_from_the_command_line(tmp_path):
+    args = ["sample", "--target", "gaussian2d", "--method", "ula", "--n", "50", "--t-final", "0.2", "--no-progress",
+            "--checkpoint", str(tmp_path / "ck")]
+    cli(*args, "--out", str(tmp_path / "a"))
+    assert (tmp_path / "ck" / "ula.ckpt").exists() and not (tmp_path / "ck" / "ula.ckpt.lock").exists()
+    cli(*args, "--resume", "--out", str(tmp_path / "b"))
+    assert torch.equal(torch.load(tmp_path / "a" / "particles.pt"), torch.load(tmp_path / "b" / "particles.pt"))
+    p = cli(*[a if a != "0.2" else "0.3" for a in args], "--resume", "--out", str(tmp_path / "c"), check=False)
+    assert p.returncode == 2 and "different arguments: t_final" in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-r"""Target densities π.
+r"""Target densities π: the base class, Gaussians and Gaussian mixtures, function wrappers.
 
 A target knows an (unnormalised) density in ``dim`` dimensions:
 
@@ -186,6 +186,10 @@ class GaussianMixture(Target):
         self.register_buffer("chol", chol)
         self.register_buffer("precisions", torch.cholesky_inverse(chol))
         self.register_buffer("log_norm", -0.5 * d * math.log(2 * math.pi) - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1))
+        # isotropic components (C_k = σ_k² I): the score needs no (k, d, d) matrix products
+        var = covs[:, 0, 0]
+        isotropic = bool(torch.equal(covs, var[:, None, None] * eye))
+        self.register_buffer("iso_precision", 1.0 / var if isotropic else None)
 
     @property
     def n_components(self) -> int:
@@ -194,7 +198,10 @@ class GaussianMixture(Target):
 
     def _parts(self, x: Tensor):
         diff = x[:, None, :] - self.means  # (n, k, d)
-        g = -torch.einsum("kij,nkj->nki", self.precisions, diff)  # (n, k, d)
+        if self.iso_precision is not None:
+            g = -diff * self.iso_precision[:, None]
+        else:
+            g = -torch.einsum("kij,nkj->nki", self.precisions, diff)  # (n, k, d)
         quad = -(diff * g).sum(-1)  # (n, k)
         logc = torch.log(self.weights) + self.log_norm - 0.5 * quad
         return g, logc
