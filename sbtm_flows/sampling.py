@@ -573,7 +573,7 @@ def run_sbtm(
     fixed = solver in FIXED_GRID_SOLVERS
     comm = current_comm()
     if comm is not None:
-        _check_distributed(solver, fixed, holdout, record_ntk_every, eta)
+        _check_distributed(solver, fixed, record_ntk_every, eta)
     path, gen, x0, init_target, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
     dim = path.dim
     n = x0.shape[0]
@@ -779,15 +779,14 @@ def _fit_rows(n: int, m: int, gen: torch.Generator) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x1B873593)))[:m]
 
 
-def _check_distributed(solver: str, fixed: bool, holdout: int, record_ntk_every, eta) -> None:
-    """Refuse what a data-parallel (sharded) SBTM run does not support, naming the way out."""
+def _check_distributed(solver: str, fixed: bool, record_ntk_every, eta) -> None:
+    """Refuse what a data-parallel (sharded) SBTM run does not support, naming the way out.
+    (Held-out particles are not sharded but replicated: every rank moves all of them alike.)"""
     if not fixed:
         raise ValueError(
             f"solver {solver!r} is adaptive: under torch.distributed each rank would choose its own step sizes from its "
             "own shard's error norm, and the ranks' Θ would drift apart. Use a fixed-step solver (heun2, rk4, ...) for "
             "data-parallel runs, or run in one process")
-    if holdout:
-        raise ValueError("holdout particles are not sharded: pass holdout=0 under torch.distributed (or run in one process)")
     if record_ntk_every is not None or getattr(eta, "needs_state", False):
         raise ValueError("the NTK tools (record_ntk_every, eta='ntk') need all particles in one process: run without "
                          "torch.distributed")

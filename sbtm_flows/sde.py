@@ -202,17 +202,13 @@ class BlockBrownian(torchsde.BaseBrownian):
 
 
 def _my_blocks(n: int, comm) -> list[tuple[int, slice]]:
-    """``[(b, rows)]``: the noise blocks of this process (all of them in one process; rank r of R
-    holds blocks ⌊r·nb/R⌋ … ⌊(r+1)·nb/R⌋ − 1)."""
+    """``[(b, rows)]``: the noise blocks of this process (all of them in one process, or when there
+    are fewer blocks than ranks — n < 4096·R: then every rank runs every particle, alike; rank r
+    of R holds blocks ⌊r·nb/R⌋ … ⌊(r+1)·nb/R⌋ − 1)."""
     blocks = list(enumerate(noise_blocks(n)))
-    if comm is None:
+    if comm is None or len(blocks) < comm.world:
         return blocks
-    mine = blocks[comm.rank * len(blocks) // comm.world : (comm.rank + 1) * len(blocks) // comm.world]
-    if not mine:
-        raise ValueError(
-            f"n={n} particles make {len(blocks)} noise block(s) of up to {blocks[0][1].stop} rows, fewer than the {comm.world} "
-            f"processes: a sharded ULA run needs n >= {comm.world * NOISE_BLOCK_MIN} (or run in one process)")
-    return mine
+    return blocks[comm.rank * len(blocks) // comm.world : (comm.rank + 1) * len(blocks) // comm.world]
 
 
 def uniform_runs(ts: Tensor, rtol: float = 1e-6) -> list[tuple[int, int]]:
@@ -289,6 +285,8 @@ def run_ula(
     entropy = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     comm = current_comm()
     blocks = _my_blocks(x0.shape[0], comm)  # [(block index, rows)] of this process
+    if comm is not None and len(blocks) == len(noise_blocks(x0.shape[0])):
+        comm = None  # too few particles to shard: this rank runs them all (as every rank does)
     rows = slice(blocks[0][1].start, blocks[-1][1].stop)
     if checkpoint is not None and comm is not None:  # one file per rank: its shard of the state
         checkpoint = f"{os.fspath(checkpoint)}.rank{comm.rank}of{comm.world}"
