@@ -270,9 +270,14 @@ def importance(result, g: Callable[[Tensor], Tensor], target=None, particles: st
         shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ValueError(f"g must return a tensor of shape ({x.shape[0]},) or ({x.shape[0]}, k), got {shape}")
     values = values.detach().cpu().to(torch.float64)
-    # held-out particles frozen where their score stopped being finite are left out (weight 0)
+    # held-out particles frozen where their score stopped being finite, or escaped far outside
+    # the training cloud (guards.holdout_outliers), are left out (weight 0)
     lost = getattr(result, "holdout_lost", None) if prefix else None
     keep = torch.ones_like(lw, dtype=torch.bool) if lost is None else ~lost.cpu()
+    if prefix and result.log_density is not None:
+        from .guards import holdout_outliers
+
+        keep &= ~holdout_outliers(result.particles.cpu(), x.cpu(), result.log_density.cpu(), log_density.cpu())
     lw, values = lw[keep], values[keep]
     w = normalised_weights(lw)
     wv = w if values.ndim == 1 else w[:, None]

@@ -33,7 +33,7 @@ from .distributed import current as current_comm
 from .distributed import is_main_process, shard_rows
 from .dynamics import DEFAULT_BATCH, AutoEta, SBTMFlow, SBTMSteps, StiffnessMonitor, check_batch, check_holdout, hessian_max_eigenvalue
 from .errors import SamplingError
-from .guards import check_target_finite
+from .guards import check_target_finite, holdout_outliers
 from .logdensity import density_diagnostics, initial_log_density, target_log_prob
 from .losses import CHUNK
 from .paths import Path, as_path
@@ -506,7 +506,10 @@ def run_sbtm(
             the training trajectory, within the tolerance) change.  A held-out particle whose
             position or rates stop being finite (the target's score overflows where it wandered)
             is frozen there, left out of the density diagnostics and counted in the diagnostic
-            ``holdout_lost``: held-out particles never stop a run.
+            ``holdout_lost``: held-out particles never stop a run.  One that escaped far outside
+            the training cloud (x or ℓ beyond its range by a range-width,
+            :func:`~sbtm_flows.guards.holdout_outliers`: s_Θ is untrained there, so its ℓ is
+            meaningless) is left out of the density diagnostics too and counted in ``holdout_escaped``.
         batch: m, the number of particles in the score loss (default :data:`DEFAULT_BATCH` = 4096;
             None: all).  ``training="steps"`` draws a fresh mini-batch of m of the n particles for
             every optimizer step; the flow trains on a fixed random subset per output interval (so
@@ -669,25 +672,28 @@ def run_sbtm(
             xd, pd = x[diag_rows], (None if pd is None else pd[:, diag_rows])
         diag = score_diagnostics(path, fn, xd, t, dyn.divergence, pd, chunk, comm)
         logd = dyn.log_density(y)
+        # every rank records all particles (in rank order = the single-process order)
+        x_all = x if comm is None else comm.gather_rows(x)
+        logd_all = logd if comm is None or logd is None else comm.gather_rows(logd)
         xh, logdh = dyn.split_holdout(y) if holdout else (None, None)
         if holdout:
             lost = dyn.holdout_velocity(t, y, fn)[2]
             diag["holdout_lost"] = float(lost.sum())
+            escaped = holdout_outliers(x_all, xh, logd_all, logdh) & ~lost
+            diag["holdout_escaped"] = float(escaped.sum())
         if logd is not None and log_target is not None:
             log_Z = getattr(path.target, "log_Z", None)
             dens = density_diagnostics(log_target(x), logd, log_Z, comm)
             if holdout:
                 diag.update({f"{k}_train": v for k, v in dens.items()})
-                keep = ~lost
+                keep = ~(lost | escaped)
                 dens = density_diagnostics(log_target(xh[keep]), logdh[keep], log_Z)
             diag.update(dens)
         if training == "flow" and not getattr(dyn.eta, "needs_state", False):
             diag["eta"] = dyn.eta_at(t)
         if record_ntk_every is not None:
             diag.update(_ntk_record(dyn, x, t, theta, k % int(record_ntk_every) == 0, ntk_reference))
-        if comm is not None:  # every rank records all particles (in rank order = the single-process order)
-            x, logd = comm.gather_rows(x), (None if logd is None else comm.gather_rows(logd))
-        rec.add(t, x, theta, logd, diag, holdout=(xh, logdh))
+        rec.add(t, x_all, theta, logd_all, diag, holdout=(xh, logdh))
         if monitor is not None and k < len(out_idx) - 1:
             i = int(out_idx[k])
             if fixed:

@@ -12,6 +12,8 @@ from sbtm_flows.targets import (
     ManyWell,
     ParticleDoubleWell,
     StudentTMixture,
+    Target,
+    autograd_laplacian,
     autograd_score,
     gmm25,
     gmm40,
@@ -41,6 +43,9 @@ def test_score_is_autograd_of_log_prob(name):
     x = _points(tgt)
     torch.testing.assert_close(tgt.score(x), autograd_score(tgt.log_prob, x), rtol=1e-9, atol=1e-9)
     assert tgt.log_prob(x).shape == (64,) and torch.isfinite(tgt.log_prob(x)).all()
+    if type(tgt).laplacian is not Target.laplacian:  # an analytic Laplacian: against autograd of the score
+        x = x[:16]
+        torch.testing.assert_close(tgt.laplacian(x), autograd_laplacian(lambda y: autograd_score(tgt.log_prob, y), x), rtol=1e-6, atol=1e-6)
 
 
 def test_registry_and_declared_facts():
@@ -191,3 +196,14 @@ def test_dw4_energy_symmetries_and_centroid_factor():
     moved = (centred.reshape(20, 4, 2) + shift).reshape(20, 8)
     torch.testing.assert_close(tgt.log_prob(moved) - tgt.log_prob(centred), torch.full((20,), -0.5 * 5 / 0.25, dtype=D64))
     assert tgt.pair_distances(x).shape == (1, 6)
+
+
+def test_cli_samples_a_benchmark_target_by_name(tmp_path):
+    import json
+
+    from sbtm_flows.cli import main
+
+    argv = ["sample", "--target", "dw4", "--method", "ula", "--n", "20", "--t-final", "0.02", "--dt", "0.01", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["target"] == "dw4" and len(summary["mean"]) == 8 and summary["n"] == 20

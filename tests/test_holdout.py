@@ -114,7 +114,8 @@ def test_holdout_without_track_logdensity_gives_particles_only():
     assert_training_run_equal(a, b)
     assert b.holdout_particles.shape == (200, 2)
     assert b.holdout_log_density is None and b.holdout_log_target is None
-    assert set(b.diagnostics) == set(a.diagnostics) | {"holdout_lost"} and not b.diagnostics["holdout_lost"].any()
+    assert set(b.diagnostics) == set(a.diagnostics) | {"holdout_lost", "holdout_escaped"}
+    assert not b.diagnostics["holdout_lost"].any() and not b.diagnostics["holdout_escaped"].any()
     with pytest.raises(ValueError, match="log-density"):
         sf.importance(b, lambda x: x)
 

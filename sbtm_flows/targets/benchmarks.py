@@ -108,6 +108,12 @@ class Funnel(Target):
         s0 = -v / self.scale.to(x) ** 2 + 0.5 * e * (z * z).sum(1, keepdim=True) - 0.5 * (self.dim - 1)
         return torch.cat([s0, -z * e], dim=1)
 
+    def laplacian(self, x: Tensor, probes: Tensor | None = None) -> Tensor:
+        """Analytic Δlog π(x) = −1/σ² − ½e^{−x₀}Σᵢxᵢ² − (d − 1)e^{−x₀}, ``(n, d) -> (n,)`` (``probes`` ignored)."""
+        check_particles(x, self.dim)
+        e = torch.exp(-x[:, 0])
+        return -1 / self.scale.to(x) ** 2 - 0.5 * e * (x[:, 1:] ** 2).sum(1) - (self.dim - 1) * e
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Exact draws ``(n, d)``: x₀ = σε₀, xᵢ = e^{x₀/2}εᵢ with ε ~ N(0, I)."""
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
@@ -183,6 +189,11 @@ class ManyWell(Target):
         p = x.reshape(x.shape[0], self.n_wells, 2)
         a, b = p[..., 0], p[..., 1]
         return torch.stack([-4 * a**3 + 12 * a + 0.5, -b], dim=-1).reshape(x.shape)
+
+    def laplacian(self, x: Tensor, probes: Tensor | None = None) -> Tensor:
+        """Analytic Δlog π(x) = Σ_wells (11 − 12x₁²), ``(n, d) -> (n,)`` (``probes`` ignored)."""
+        check_particles(x, self.dim)
+        return (11 - 12 * x[:, 0::2] ** 2).sum(1)
 
     def sample_well(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws of the first coordinate of one well, ``(n,)`` float64 on the CPU (inverse CDF)."""
@@ -304,6 +315,19 @@ class StudentTMixture(Target):
         u, logc = self._component_log_probs(x)
         g = -(self.df + 1) * u / (self.t_scale * (self.df + u * u))
         return (torch.softmax(logc, dim=1)[..., None] * g).sum(1)
+
+    def laplacian(self, x: Tensor, probes: Tensor | None = None) -> Tensor:
+        r"""Analytic Δlog π(x) = Σₖ rₖ(Δlog pₖ + |gₖ|²) − |Σₖ rₖgₖ|² with
+        Δlog pₖ = −Σⱼ (ν+1)(ν − uₖⱼ²)/(s²(ν + uₖⱼ²)²), ``(n, d) -> (n,)`` (``probes`` ignored)."""
+        check_particles(x, self.dim)
+        u, logc = self._component_log_probs(x)
+        nu, s = self.df, self.t_scale
+        q = nu + u * u
+        g = -(nu + 1) * u / (s * q)
+        lap_k = (-(nu + 1) * (nu - u * u) / (s * s * q * q)).sum(-1)  # (n, k)
+        r = torch.softmax(logc, dim=1)
+        mean_g = (r[..., None] * g).sum(1)
+        return (r * (lap_k + (g * g).sum(-1))).sum(1) - (mean_g * mean_g).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Exact draws ``(n, d)``: a component from the weights, then μₖ + s·T with T
