@@ -614,7 +614,7 @@ def run_sbtm(
     ckpt = Checkpoint(checkpoint, {**args, "score_model": score_model}, target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
     resumed = ckpt.load() if (ckpt is not None and resume) else None
 
-    info: dict = {"training": training, "batch": dyn.local_batch(n) if comm is None else batch, "ranks": 1 if comm is None else comm.world}
+    info: dict = {"training": training, "batch": n if batch is None else min(batch, n), "ranks": 1 if comm is None else comm.world}
     if resumed is None:
         t_fit = time.perf_counter()
         if init_steps > 0:  # on `batch` random particles, the same on every rank
