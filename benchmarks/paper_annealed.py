@@ -39,7 +39,7 @@ def main(which):
                 print(json.dumps({"case": "5.4", "path": path_kind, "method": m, "min_weight": out["min_weight"],
                                   "tv_uniform": out["tv_uniform"], "wall": out["wall"], "n_steps": out["n_steps"]}), flush=True)
             print(json.dumps({"case": "5.4", "path": path_kind,
-                              "tv_sbtm_ula": sf.tv_distance(ws[path_kind, "sbtm"], ws[path_kind, "ula"])}), flush=True)
+                              "tv_sbtm_ula": sf.metrics.tv_distance(ws[path_kind, "sbtm"], ws[path_kind, "ula"])}), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ sbtm = sf.sample(path, method="sbtm", training="steps", **kw)
 ula = sf.sample(path, method="ula", **kw)
 weights = {}
 for name, res in (("annealed SBTM", sbtm), ("annealed ULA", ula)):
-    w = weights[name] = sf.mode_weights(res.particles, target.means)
-    print(f"{name}: smallest mode weight {float(w.min()):.4f}, TV to uniform {sf.tv_distance(w, target.weights):.4f}")
-print(f"TV between the two mode-weight vectors: {sf.tv_distance(*weights.values()):.4f}")
+    w = weights[name] = sf.metrics.mode_weights(res.particles, target.means)
+    print(f"{name}: smallest mode weight {float(w.min()):.4f}, TV to uniform {sf.metrics.tv_distance(w, target.weights):.4f}")
+print(f"TV between the two mode-weight vectors: {sf.metrics.tv_distance(*weights.values()):.4f}")
 times = [t_final * f for f in (0.0, 0.1, 0.25, 0.5, 1.0)]
 plotting.save(plotting.plot_densities_2d({"SBTM": sbtm, "annealed ULA": ula}, times), "dilation_2d_densities.png")
 plotting.save(plotting.plot_entropy_decay(sbtm), "dilation_2d_entropy.png")

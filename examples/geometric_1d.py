@@ -21,7 +21,7 @@ path = sf.Geometric(init, target, t_final=t_final)  # ∇log π_t = (1 − t/T)�
 kw = dict(init=init, n=n, t_final=t_final, dt=0.01, save_every=5, seed=0, progress=True)
 sbtm = sf.sample(path, method="sbtm", training="steps", **kw)
 ula = sf.sample(path, method="ula", **kw)
-exact = sf.fokker_planck_1d(path, init.log_prob, t_final, x_max=14.0, m=2800).prob(lambda x: x > 0)
+exact = sf.fokker_planck.fokker_planck_1d(path, init.log_prob, t_final, x_max=14.0, m=2800).prob(lambda x: x > 0)
 for name, res in (("annealed SBTM", sbtm), ("annealed ULA", ula)):
     print(f"{name}: P(x > 0) = {float((res.particles[:, 0] > 0).float().mean()):.4f} (exact annealed law {exact:.4f}, π 0.75)")
 fig, axs = plotting.panels(2)

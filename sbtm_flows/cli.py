@@ -5,6 +5,8 @@
     sbtm-flows run --config runs/gaussian-1d/config.json    # repeat a run exactly
     sbtm-flows sample --target gmm2d --method sbtm --solver dopri5 --n 2000 --t-final 5 --out runs/x
     sbtm-flows list                                         # experiments, targets, methods, solvers
+    sbtm-flows sample --target dw4 --method mala --n 500 --steps 2000 --warmup 500 --out runs/dw4
+    sbtm-flows bench --quick                                # the benchmark table, small (benchmarks/results/quick.*)
 
 Errors (unknown names, bad numbers, unwritable folders, failed runs) exit with status 2
 and one line on stderr.
@@ -89,10 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_options(r)
     s = sub.add_parser("sample", help="sample one target with one method")
     s.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
-    s.add_argument("--method", default="sbtm", help="sbtm or ula")
+    s.add_argument("--method", default="sbtm", help="sbtm, ula, mala, pis or dis")
+    s.add_argument("--loss", choices=["log_variance", "kl"], help="pis/dis training loss (default log_variance)")
+    s.add_argument("--iterations", type=_positive_int, help="pis/dis training iterations")
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--steps", type=_positive_int, help="MALA: iterations after warm-up (default 1000)")
+    s.add_argument("--warmup", type=int, help="MALA: step-size adaptation iterations (default 500)")
+    s.add_argument("--step-size", type=_positive_float, help="MALA: initial step size (default 0.1)")
     _add_run_options(s)
     sub.add_parser("list", help="list experiments, targets, methods and solvers")
+    _add_bench_parser(sub)
     return ap
 
 
@@ -109,7 +117,7 @@ def _writable_dir(path: pathlib.Path, what: str = "output folder") -> pathlib.Pa
 
 def _overrides(a) -> dict:
     keys = {"n": "n", "t_final": "t_final", "dt": "dt", "solver": "solver", "sde_solver": "sde_solver",
-            "training": "training", "eta": "eta", "seed": "seed", "device": "device"}
+            "training": "training", "eta": "eta", "seed": "seed", "device": "device", "loss": "loss", "iterations": "iterations"}
     return {k: getattr(a, attr) for attr, k in keys.items() if getattr(a, attr, None) is not None}
 
 
@@ -150,9 +158,27 @@ def _cmd_run(a) -> int:
     _validate(cfg, EXPERIMENTS[cfg["experiment"]].defaults)
     ckpt = _checkpoint_dir(a)
     _writable_dir(out)
-    metrics = run_experiment(cfg, out, progress=not a.no_progress, checkpoint=ckpt, resume=a.resume)
+    try:
+        metrics = run_experiment(cfg, out, progress=not a.no_progress, checkpoint=ckpt, resume=a.resume)
+    except KeyboardInterrupt as e:
+        return _interrupted(e, out, ckpt)
     print(f"{cfg['experiment']}: wrote {out}/ (metrics.json, figures); wall time {metrics['total_wall_time_s']:.1f} s")
     return 0
+
+
+def _interrupted(e: KeyboardInterrupt, out: pathlib.Path, ckpt: pathlib.Path | None) -> int:
+    """Ctrl-C: write the partial Result the run loop attached (``e.result``: every output time
+    reached) as ``partial_<method>.pt``, say where it and the last checkpoint are, in one line; 130."""
+    res = getattr(e, "result", None)
+    said = "sbtm-flows: interrupted"
+    if res is not None:
+        path = out / f"partial_{res.method or 'result'}.pt"
+        res.save(path)
+        said += f" at t={float(res.times[-1]):.6g}; partial results in {path}"
+    if ckpt is not None:
+        said += f"; checkpoint in {ckpt}/ (rerun with --resume to continue)"
+    print(said, file=sys.stderr)
+    return 130
 
 
 def _checkpoint_dir(a) -> pathlib.Path | None:
@@ -170,7 +196,8 @@ def _validate(cfg: dict, defaults: dict | None = None) -> None:
     solvers, numbers, device, and the types of the experiment's other options)."""
     import math
 
-    from .sampling import SOLVERS, TRAININGS, resolve_device
+    from .loop import resolve_device
+    from .sampling import SOLVERS, TRAININGS
     from .sde import SDE_SOLVERS
 
     names = {"solver": SOLVERS, "sde_solver": SDE_SOLVERS, "training": TRAININGS}
@@ -212,15 +239,13 @@ def _cmd_sample(a) -> int:
     ckpt = _checkpoint_dir(a)
     out = _writable_dir(pathlib.Path(a.out))
     target = make_target(a.target)
-    if a.method == "ula":
-        kw.pop("solver", None)
-        kw.pop("training", None)
-        kw.pop("eta", None)
-    else:
-        kw.pop("sde_solver", None)
+    kw = _method_kwargs(a, kw)
     if ckpt is not None:
         kw.update(checkpoint=ckpt / f"{a.method}.ckpt", resume=a.resume)
-    res = sample(target, method=a.method, progress=not a.no_progress, **kw)
+    try:
+        res = sample(target, method=a.method, progress=not a.no_progress, **kw)
+    except KeyboardInterrupt as e:
+        return _interrupted(e, out, ckpt)
     res.save(out / "result.pt")
     save_torch(res.particles.cpu(), out / "particles.pt")
     summary = {"target": a.target, "method": a.method, "n": res.n, "t_final": float(res.times[-1]), "nfe": res.nfe,
@@ -233,6 +258,66 @@ def _cmd_sample(a) -> int:
     write_json(out / "config.json", {"target": a.target, "method": a.method, **res.config}, indent=2, default=str)
     print(f"{a.method} on {a.target}: {res.n} particles at t={float(res.times[-1]):g}, NFE {res.nfe}, "
           f"{res.wall_time:.1f} s; wrote {out}/")
+    return 0
+
+
+def _method_kwargs(a, kw: dict) -> dict:
+    """Drop the options the method does not take (and refuse the MALA-only and learned-diffusion-only ones elsewhere)."""
+    mala = {"steps": a.steps, "warmup": a.warmup, "step_size": a.step_size}
+    if a.method != "mala":
+        given = [k for k, v in mala.items() if v is not None]
+        if given:
+            raise _CliError(f"sbtm-flows: --{given[0].replace('_', '-')} is a MALA option (use --method mala)")
+    if a.method not in ("pis", "dis") and ("loss" in kw or "iterations" in kw):
+        raise _CliError("sbtm-flows: --loss and --iterations are options of the learned diffusions (--method pis or dis)")
+    drop = {"ula": ("solver", "training", "eta"), "mala": ("solver", "training", "eta", "sde_solver", "t_final", "dt"),
+            "pis": ("solver", "training", "eta", "sde_solver"), "dis": ("solver", "training", "eta", "sde_solver")}
+    for k in drop.get(a.method, ("sde_solver",)):
+        kw.pop(k, None)
+    if a.method == "mala":
+        if a.warmup is not None and a.warmup < 0:
+            raise _CliError(f"sbtm-flows: --warmup must be a non-negative integer, got {a.warmup}")
+        kw.update({k: v for k, v in mala.items() if v is not None})
+    return kw
+
+
+def _add_bench_parser(sub) -> None:
+    from .bench import SAMPLERS, TARGET_SPECS
+
+    b = sub.add_parser("bench", help="the benchmark table: samplers x targets x seeds at a matched score budget")
+    b.add_argument("--quick", action="store_true", help="3 small targets, 2 seeds, n = 200, budget 20 (seconds; for tests)")
+    b.add_argument("--name", help="results file stem (default bench, or quick with --quick)")
+    b.add_argument("--out", default=os.path.join("benchmarks", "results"), help="folder for NAME.csv and NAME.md")
+    b.add_argument("--targets", help=f"comma-separated, from: {', '.join(TARGET_SPECS)}")
+    b.add_argument("--samplers", help=f"comma-separated, from: {', '.join(SAMPLERS)}")
+    b.add_argument("--seeds", type=_positive_int, help="seeds 0..SEEDS-1 (default 3)")
+    b.add_argument("--n", type=_positive_int, help="particles = evaluation samples (default 2000)")
+    b.add_argument("--budget", type=_positive_int, help="target-score evaluations per particle (even; default 200)")
+    b.add_argument("--time-limit", type=_positive_float, help="seconds per cell (default 60)")
+    b.add_argument("--metrics", help="comma-separated distances of sbtm_flows.metrics.METRICS (default w2,mmd,energy)")
+
+
+def _cmd_bench(a) -> int:
+    from .bench import QUICK, BenchConfig, describe, run_bench, write_results
+
+    kw = dict(QUICK) if a.quick else {}
+    for key in ("targets", "samplers", "metrics"):
+        if getattr(a, key):
+            kw[key] = tuple(v.strip() for v in getattr(a, key).split(",") if v.strip())
+    for key in ("seeds", "n", "budget", "time_limit"):
+        if getattr(a, key) is not None:
+            kw[key] = getattr(a, key)
+    cfg = BenchConfig(**kw)
+    name = a.name or ("quick" if a.quick else "bench")
+    out = _writable_dir(pathlib.Path(a.out))
+    rows: list[dict] = []
+
+    def on_row(row: dict) -> None:  # rewrite the files after every cell: an interrupted table keeps its rows
+        rows.append(row)
+        write_results(rows, cfg, out, name, describe(cfg))
+
+    run_bench(cfg, log=lambda line: print(line, flush=True), on_row=on_row)
+    print(f"bench: {len(rows)} rows; wrote {out / (name + '.csv')} and {out / (name + '.md')}")
     return 0
 
 
@@ -282,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a = _parser().parse_args(argv)
         with _ranks(a):
-            return {"run": _cmd_run, "sample": _cmd_sample, "list": _cmd_list}[a.cmd](a)
+            return {"run": _cmd_run, "sample": _cmd_sample, "list": _cmd_list, "bench": _cmd_bench}[a.cmd](a)
     except _CliError as e:
         print(f"{e}", file=sys.stderr)
     except (ValueError, SamplingError, OSError, NotImplementedError) as e:

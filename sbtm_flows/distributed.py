@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Comm", "current", "init_from_env", "shard_rows", "is_main_process"]
+__all__ = ["Comm", "current", "init_from_env", "shard_rows", "is_main_process", "rank_path"]
 
 
 def shard_rows(n: int, rank: int, world: int) -> slice:
@@ -125,3 +125,11 @@ def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> Comm 
 def is_main_process() -> bool:
     """True on rank 0 (and in a single process): the rank that writes output files."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def rank_path(path, comm: Comm | None):
+    """A checkpoint path of this process: ``path`` itself in one process, else
+    ``"{path}.rank{r}of{R}"`` (each rank's file holds its shard of the state)."""
+    if path is None or comm is None:
+        return path
+    return f"{os.fspath(path)}.rank{comm.rank}of{comm.world}"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from typing import Callable
 
 import torch
@@ -44,14 +43,13 @@ from torch import Tensor
 from .errors import SamplingError
 from .losses import CHUNK, divergence, make_probes, map_rows, resolve_divergence, row_blocks, score_matching_grad, score_matching_terms
 from .paths import Path, as_path
-from .paths import _tf as _tfloat
+from .paths import time_float as _tfloat
 from .score import at_time, flatten_params, functional_score, make_optimizer, unflatten_params
 
 #: Default number of particles in the score loss (``batch`` of ``sample``): see README "Scale".
 DEFAULT_BATCH = 4096
 
-__all__ = ["DEFAULT_BATCH", "SBTMFlow", "SBTMSteps", "AutoEta", "StiffnessMonitor", "particle_rates", "passive_rates", "hessian_max_eigenvalue",
-           "check_holdout", "check_batch"]
+__all__ = ["DEFAULT_BATCH", "SBTMFlow", "SBTMSteps", "particle_rates", "passive_rates", "check_holdout", "check_batch"]
 
 
 def check_holdout(holdout) -> int:
@@ -648,165 +646,3 @@ class SBTMSteps(_Base):
         held_out = self._holdout_rates(t, y, model)
         parts = [v.reshape(-1)] if dl is None else [v.reshape(-1), dl]
         return torch.cat(parts + held_out)
-
-
-def hessian_max_eigenvalue(
-    flow: SBTMFlow,
-    y: Tensor,
-    iters: int = 30,
-    generator: torch.Generator | None = None,
-    v0: Tensor | None = None,
-    return_vector: bool = False,
-    t: float | Tensor | None = None,
-):
-    r"""Largest (algebraic) eigenvalue of ∇²_Θ L at state y by ``iters`` Lanczos steps on
-    Hessian-vector products (double backward), started from ``v0`` (warm start) or a random
-    vector.  Lanczos finds the extreme eigenvalues far faster than power iteration when the
-    top of the spectrum is clustered (as it is for MLP losses).
-
-    The Θ-block of the coupled system's Jacobian is −η∇²_Θ L, so a fixed-step solver with
-    real stability interval [−c, 0] needs η·λ_max·dt ≤ c (c = 2 for Euler and Heun).  Only
-    the positive end of the spectrum matters for that: a negative eigenvalue of ∇²_Θ L (the
-    implicit score-matching loss is not convex, and is unbounded below in some directions) is a
-    genuinely growing mode of the ODE itself, which every consistent solver follows.
-    Returns max(λ_max, 0), or ``(λ_max, v)`` with its Ritz vector when ``return_vector``
-    (``t``: the time, for a time-conditioned score model).
-    """
-    x, theta = flow.split(y)
-    hvp = flow.hvp(flow.training_rows(x.detach())[0], theta, t)
-    q = torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(theta) if v0 is None else v0.to(theta)
-    q = q / q.norm()
-    qs, alphas, betas = [], [], []
-    q_prev, beta = torch.zeros_like(q), 0.0
-    for _ in range(max(1, iters)):
-        w = hvp(q)
-        if not torch.isfinite(w).all():
-            break
-        alpha = float(w @ q)
-        w = w - alpha * q - beta * q_prev
-        for u in qs:  # full re-orthogonalisation: cheap for the few steps used here
-            w = w - float(w @ u) * u
-        qs.append(q)
-        alphas.append(alpha)
-        beta = float(w.norm())
-        if beta < 1e-10 * max(1.0, abs(alpha)):
-            break
-        betas.append(beta)
-        q_prev, q = q, w / beta
-    k = len(alphas)
-    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if k > 1:
-        off = torch.tensor(betas[: k - 1], dtype=torch.float64)
-        T = T + torch.diag(off, 1) + torch.diag(off, -1)
-    evals, evecs = torch.linalg.eigh(T)
-    i = int(torch.argmax(evals))
-    lam = max(float(evals[i]), 0.0)
-    if not return_vector:
-        return lam
-    v = sum(float(evecs[j, i]) * qs[j] for j in range(k))
-    return lam, (v / v.norm()).detach()
-
-
-class AutoEta:
-    r"""η(t) = min(``eta_max``, ``safety``·c / (λ_max(∇²_Θ L)(t)·h)): the largest η that an
-    explicit solver with real stability limit c keeps stable at step h, with λ_max tracked
-    along the run by a :class:`StiffnessMonitor` (which calls :meth:`update`).
-
-    This is ``sample(..., eta="auto")``, the default: as fast a network relaxation as the
-    step size allows (η → ∞ as h → 0, the limit in which s_Θ is always the loss minimiser).
-    Piecewise constant between monitor checks, so the ODE right-hand side stays a
-    deterministic function of (t, y) on every solver step.
-    """
-
-    def __init__(self, safety: float = 0.6, eta_max: float = 100.0):
-        if not 0 < safety <= 1:
-            raise ValueError(f"safety must be in (0, 1], got {safety}")
-        if not eta_max > 0:
-            raise ValueError(f"eta_max must be > 0, got {eta_max}")
-        self.safety, self.eta_max = float(safety), float(eta_max)
-        self.value: float | None = None
-
-    def update(self, lam: float, limit: float, h: float) -> float:
-        """Set η from λ_max, the solver's stability limit and the step h; returns it."""
-        self.value = self.eta_max if not lam > 0 else min(self.eta_max, self.safety * limit / (lam * h))
-        return self.value
-
-    def __call__(self, t: float) -> float:
-        if self.value is None:
-            raise RuntimeError("AutoEta has no value yet: sample() sets it from the initial curvature")
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"AutoEta(safety={self.safety}, eta_max={self.eta_max})"
-
-
-class StiffnessMonitor:
-    r"""Watches z = η(t)·λ_max(∇²_Θ L)·h along a fixed-step flow run.
-
-    λ_max is tracked by power iteration warm-started from the previous check (``iters``
-    Hessian-vector products every ``every`` steps), so it follows the curvature as the
-    network changes — on annealing paths it can grow by orders of magnitude after t0, which
-    a check at the start cannot see.  When z exceeds the solver's real stability limit c the
-    fastest network modes no longer relax: they oscillate or grow.  Gradient training often
-    settles at this "edge of stability" (the curvature hovers near c/(η·h)) without diverging,
-    and the samples can stay good, so :meth:`check` warns once (naming t, z and what to do),
-    keeps the largest z seen (``max_z``, ``t_max_z``), and leaves divergence to the NaN checks.
-    """
-
-    def __init__(self, flow: SBTMFlow, solver: str, limit: float, every: int = 50, iters: int = 2,
-                 generator: torch.Generator | None = None, auto: "AutoEta | None" = None):
-        self.flow, self.solver, self.limit = flow, solver, float(limit)
-        self.every, self.iters, self.generator = int(every), int(iters), generator
-        self.auto = auto
-        self.v: Tensor | None = None
-        self.lam = float("nan")
-        self.last_step = -(10**18)
-        self.max_z, self.t_max_z, self.warned = 0.0, float("nan"), False
-
-    def state_dict(self) -> dict:
-        """What a checkpoint needs to continue the monitor (and an AutoEta) bitwise."""
-        return {"v": None if self.v is None else self.v.cpu(), "lam": self.lam, "last_step": self.last_step,
-                "eta": None if self.auto is None else self.auto.value}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Inverse of :meth:`state_dict`."""
-        self.v = state["v"]  # moved to Θ's device and dtype by the next estimate
-        self.lam, self.last_step = state["lam"], state["last_step"]
-        if self.auto is not None:
-            self.auto.value = state["eta"]
-
-    def estimate(self, y: Tensor, iters: int | None = None, t: float | None = None) -> float:
-        """Update and return the λ_max estimate at state y (time t)."""
-        self.lam, self.v = hessian_max_eigenvalue(self.flow, y, self.iters if iters is None else iters,
-                                                  self.generator, self.v, return_vector=True, t=t)
-        return self.lam
-
-    def z(self, y: Tensor, t: float, h: float) -> float:
-        """η(t)·λ_max·h with the current estimate."""
-        x, theta = self.flow.split(y)
-        return self.flow.eta_at(t, x, theta) * self.lam * h
-
-    def check(self, y: Tensor, t: float, h: float, step: int) -> None:
-        """Re-estimate λ_max every ``every`` steps; raise if z = η(t)·λ_max·h > limit (z is
-        re-evaluated at every call, so a growing η(t) is caught between estimates)."""
-        if step - self.last_step >= self.every:
-            self.last_step = step
-            self.estimate(y, t=t)
-        if self.auto is not None:
-            self.auto.update(self.lam, self.limit, h)
-        z = self.z(y, t, h)
-        if z > self.max_z:
-            self.max_z, self.t_max_z = z, t
-        if z > self.limit and not self.warned:
-            self.warned = True
-            x, theta = self.flow.split(y)
-            eta = self.flow.eta_at(t, x, theta)
-            warnings.warn(
-                f"the coupled X/Θ system became stiff at t={t:.6g}: eta·λ_max(∇²_Θ L)·dt = {eta:.4g}·{self.lam:.4g}·{h:.4g} = "
-                f"{z:.3g} > {self.limit:g}, the stability limit of {self.solver!r}. The network now trains at the edge of "
-                "stability: its fastest modes oscillate (glitches in F^n) instead of relaxing, and if they grow the run "
-                f"stops with a NaN error. For a clean run use eta <= {self.limit / (self.lam * h):.3g}, a smaller dt, "
-                "training='steps', or an adaptive solver",
-                RuntimeWarning,
-                stacklevel=2,
-            )

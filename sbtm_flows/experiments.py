@@ -90,7 +90,8 @@ def _run_pair(target, init, cfg: dict, progress: bool, sbtm_extra: dict | None =
                   save_every=cfg["save_every"], progress=progress)
     # the log-density is tracked on held-out particles too, for calibrated log Z / ESS / KL
     density = dict(track_logdensity=True, holdout=cfg["holdout"]) if cfg.get("holdout") else {}
-    sbtm = sample(target, method="sbtm", solver=cfg["solver"], training=cfg["training"], eta=cfg["eta"], **common, **density,
+    flow = {"eta": cfg["eta"]} if cfg["training"] == "flow" else {}  # eta is an option of the coupled flow only
+    sbtm = sample(target, method="sbtm", solver=cfg["solver"], training=cfg["training"], **flow, **common, **density,
                   **(sbtm_extra or {}), **_checkpointing(cfg, "sbtm"))
     ula = sample(target, method="ula", sde_solver=cfg["sde_solver"], **common, **_checkpointing(cfg, "ula"))
     return sbtm, ula

@@ -35,7 +35,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-import ot
 import torch
 from torch import Tensor
 
@@ -113,6 +112,8 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 200, generator
         raise ValueError(f"n_projections must be a positive int, got {n_projections!r}")
     x, y = _pair(x, y)
     seed = _seed_from(generator)
+    import ot  # POT takes seconds to import: loaded when first used
+
     return float(ot.sliced_wasserstein_distance(x.numpy(), y.numpy(), n_projections=n_projections, p=2, seed=seed))
 
 
@@ -124,6 +125,8 @@ def sinkhorn(x: Tensor, y: Tensor, reg: float = 0.5, method: str = "sinkhorn", m
     if not (isinstance(reg, (int, float)) and reg > 0):
         raise ValueError(f"reg must be a positive number, got {reg!r}")
     x, y = _pair(x, y)
+    import ot
+
     val = ot.bregman.empirical_sinkhorn_divergence(
         x.numpy(), y.numpy(), float(reg), method=method, numIterMax=int(max_iter), stopThr=float(tol), warn=False
     )

@@ -35,8 +35,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .dynamics import SBTMFlow, _tfloat, hessian_max_eigenvalue, particle_rates
+from .dynamics import SBTMFlow, particle_rates
 from .losses import implicit_score_matching
+from .paths import time_float as _tfloat
 from .score import flatten_params, functional_score, unflatten_params
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "eta_condition",
     "loss_rates",
     "NTKEta",
-    "stability_ceiling",
     "NTK_DIAGNOSTICS",
 ]
 
@@ -434,15 +434,6 @@ def eta_condition(
 # ----------------------------------------------------------------------------------------
 # An η that follows the condition
 # ----------------------------------------------------------------------------------------
-def stability_ceiling(flow: SBTMFlow, y: Tensor, h: float, c: float = 2.0, margin: float = 0.8,
-                      generator: torch.Generator | None = None, t: float | None = None) -> float:
-    r"""margin · c / (λ_max(∇²_Θ L) · h): the largest η a solver with real stability
-    interval [−c, 0] and step h keeps stable at state y (the pre-run check of ``sample``
-    refuses η·λ_max·h > c), with a safety ``margin`` because λ_max changes along the run."""
-    lam = hessian_max_eigenvalue(flow, y, generator=generator, t=t)
-    return margin * c / (lam * h) if lam > 0 else math.inf
-
-
 class NTKEta:
     r"""η(t) = clip(safety × threshold(t, X, Θ), floor, ceiling), evaluated from the
     current state inside :meth:`SBTMFlow.forward`, so the right-hand side stays a

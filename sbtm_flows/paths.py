@@ -209,8 +209,12 @@ def make_schedule(name_or_fn: str | Callable[[float], float], t_final: float, la
     return lambda t: lam0 + (1.0 - lam0) * float(sigma(min(max(float(t) / t_final, 0.0), 1.0)))
 
 
-def _tf(t) -> float:
+def time_float(t) -> float:
+    """A time given as a number or a 0-d tensor, as a Python float."""
     return float(t.item()) if isinstance(t, Tensor) else float(t)
+
+
+_tf = time_float
 
 
 class Geometric(Path):

@@ -10,16 +10,13 @@ from __future__ import annotations
 import io
 from typing import Callable, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from .density import kde_fisher, l2_error_1d  # noqa: E402
-from .result import Result  # noqa: E402
+from .density import kde_fisher, l2_error_1d
+from .result import Result
 
 __all__ = [
     "plot_ntk",

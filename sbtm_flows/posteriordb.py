@@ -205,22 +205,7 @@ class Posterior(Target):
         Raises:
             ValueError: wrong shape, fewer than 2 samples, non-finite samples, an unknown metric.
         """
-        x_u = getattr(samples, "particles", samples)
-        check_particles(x_u, self.dim, "samples")
-        if x_u.shape[0] < 2:
-            raise ValueError("compare needs at least 2 samples")
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
-        if not (isinstance(reps, int) and reps >= 1):
-            raise ValueError(f"reps must be a positive int, got {reps!r}")
-        bad = int((~torch.isfinite(x_u)).any(1).sum())
-        if bad:
-            raise ValueError(f"{bad} of the {x_u.shape[0]} samples are not finite")
-        with torch.no_grad():
-            x = self.constrain(x_u.detach().cpu().to(torch.float64))
-        bad = int((~torch.isfinite(x)).any(1).sum())
-        if bad:
-            raise ValueError(f"{bad} of the {x.shape[0]} samples map to non-finite reported parameters")
+        x = self._reported(samples, metric, reps)
         chains = self.reference_chains()
         ref = chains.reshape(-1, chains.shape[-1])
         mean_ref, sd_ref = ref.mean(0), ref.std(0)
@@ -257,6 +242,27 @@ class Posterior(Target):
             "floor": f_mean,
             "ratio": d_mean / f_mean,
         }
+
+    def _reported(self, samples, metric: str, reps) -> Tensor:
+        """The reported parameters ``(n, k)`` float64 of checked unconstrained samples ``(n, d)``
+        (or a Result's particles); ValueError for the problems :meth:`compare` lists."""
+        x_u = getattr(samples, "particles", samples)
+        check_particles(x_u, self.dim, "samples")
+        if x_u.shape[0] < 2:
+            raise ValueError("compare needs at least 2 samples")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+        if not (isinstance(reps, int) and reps >= 1):
+            raise ValueError(f"reps must be a positive int, got {reps!r}")
+        bad = int((~torch.isfinite(x_u)).any(1).sum())
+        if bad:
+            raise ValueError(f"{bad} of the {x_u.shape[0]} samples are not finite")
+        with torch.no_grad():
+            x = self.constrain(x_u.detach().cpu().to(torch.float64))
+        bad = int((~torch.isfinite(x)).any(1).sum())
+        if bad:
+            raise ValueError(f"{bad} of the {x.shape[0]} samples map to non-finite reported parameters")
+        return x
 
     def extra_repr(self) -> str:
         return f"{self.name}, dim={self.dim}"

@@ -12,7 +12,28 @@ from pathlib import Path as _FsPath
 import torch
 from torch import Tensor
 
-__all__ = ["Result", "load"]
+__all__ = ["Result", "HeldOut", "load"]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out ("passive") particles of a run, grouped (``result.holdout``): moved by the
+    flow, never trained on.
+
+    Attributes:
+        particles: ``(m, d)`` at the last output time; trajectory: ``(T, m, d)``.
+        log_density: ``(m,)`` log f_T at the final held-out particles, when tracked;
+            log_density_trajectory: ``(T, m)``.
+        log_target: ``(m,)`` log π̃ at the final held-out particles (when tracked).
+        lost: ``(m,)`` bool, frozen because their score or position stopped being finite.
+    """
+
+    particles: Tensor
+    trajectory: Tensor | None = None
+    log_density: Tensor | None = None
+    log_density_trajectory: Tensor | None = None
+    log_target: Tensor | None = None
+    lost: Tensor | None = None
 
 
 @dataclass
@@ -65,6 +86,15 @@ class Result:
     holdout_log_density_trajectory: Tensor | None = None
     holdout_log_target: Tensor | None = None
     holdout_lost: Tensor | None = None
+
+    @property
+    def holdout(self) -> HeldOut | None:
+        """The held-out fields grouped as a :class:`HeldOut` (``None`` for a run without them);
+        the flat ``holdout_*`` attributes stay, so saved files of every version load."""
+        if self.holdout_particles is None:
+            return None
+        return HeldOut(self.holdout_particles, self.holdout_trajectory, self.holdout_log_density,
+                       self.holdout_log_density_trajectory, self.holdout_log_target, self.holdout_lost)
 
     @property
     def n(self) -> int:

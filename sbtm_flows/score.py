@@ -18,6 +18,7 @@ have width ~c(t) and its score size ~1/c(t).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -72,6 +73,9 @@ class ScoreMLP(torch.nn.Module):
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__") or not all(
+                isinstance(h, numbers.Integral) and not isinstance(h, bool) for h in hidden):
+            raise ValueError(f"hidden must be a sequence of layer widths, e.g. (64, 64) or (64,) for one layer, got {hidden!r}")
         hidden = tuple(int(h) for h in hidden)
         if any(h < 1 for h in hidden):
             raise ValueError(f"hidden widths must be positive, got {hidden}")

@@ -13,8 +13,8 @@ and every torchsde method that handles diagonal noise is valid (:data:`SDE_SOLVE
 from torchsde's own tables).  ``"euler"`` (Euler–Maruyama) is ULA.
 
 :func:`run_ula` (``sf.sample(..., method="ula")``) steps on the path's time grid
-(``path.time_grid``: uniform, or λ-aware for :class:`~sbtm_flows.paths.Dilation`) through
-the shared chunked driver.  Each output interval [t_k, t_{k+1}] has its own
+(``path.time_grid``: uniform, or λ-aware for :class:`~sbtm_flows.paths.Dilation`): it wires
+:class:`ULASampler` into the generic loop :func:`sbtm_flows.loop.run`.  Each output interval [t_k, t_{k+1}] has its own
 ``torchsde.BrownianInterval`` whose entropy is a fixed function of the run's seed and k, so
 the same seed gives bitwise the same particles, and a run resumed from a checkpoint at t_k
 draws exactly the Brownian increments the uninterrupted run would have drawn.
@@ -30,35 +30,27 @@ gathering of the particles at output times.
 from __future__ import annotations
 
 import math
-import os
-import time
+from dataclasses import dataclass
 
 import torch
 import torchsde
 from torch import Tensor
-from torchsde._core import methods as _tsde_methods
-from torchsde.settings import METHODS as _TSDE_METHODS
 
-from .checkpoint import Checkpoint, check_resume, target_fingerprint
+from .checkpoint import Checkpoint, target_fingerprint
+from .compat import TORCHSDE_METHODS, torchsde_method
+from .config import ULAConfig, build_config
 from .distributed import current as current_comm
-from .distributed import is_main_process
+from .distributed import is_main_process, rank_path
 from .dynamics import particle_rates
 from .errors import SamplingError
-from .guards import check_target_finite
+from .guards import FiniteTargetGuard, ParticleStiffness
+from .loop import grid_index, output_grid, prepare_run, run, splitmix64
 from .paths import Path, as_path
 from .result import Result
-from .sampling import (
-    METHODS,
-    Recorder,
-    _config_of,
-    drive,
-    output_grid,
-    prepare_run,
-    restore_record,
-    splitmix64,
-)
+from .sampling import METHODS
 
-__all__ = ["LangevinSDE", "SDE_SOLVERS", "run_ula", "uniform_runs", "chunk_entropy", "noise_blocks", "BlockBrownian"]
+__all__ = ["LangevinSDE", "SDE_SOLVERS", "ULASampler", "ULAState", "run_ula", "uniform_runs", "chunk_entropy",
+           "noise_blocks", "BlockBrownian"]
 
 #: Noise blocks: at least this many rows each, and at most NOISE_BLOCKS_MAX blocks.
 NOISE_BLOCK_MIN = 4096
@@ -71,10 +63,10 @@ def _solver_table() -> dict[str, tuple[str, str]]:
     """method -> (sde_type, levy_area_approximation) for every torchsde method whose
     ``noise_types`` include diagonal noise (forward-only methods)."""
     table = {}
-    for name in _TSDE_METHODS.all():
+    for name in TORCHSDE_METHODS:
         if name in _ADJOINT_ONLY:
             continue
-        cls = _tsde_methods.select(name, "ito")
+        cls = torchsde_method(name, "ito")
         if "diagonal" not in cls.noise_types or "additive" not in cls.noise_types:
             continue
         levy = cls.levy_area_approximations
@@ -87,13 +79,14 @@ def _solver_table() -> dict[str, tuple[str, str]]:
 SDE_SOLVERS: dict[str, tuple[str, str]] = _solver_table()
 
 
-def _check_sde_solver(name: str) -> None:
+def check_sde_solver(name: str) -> None:
+    """Raise ValueError unless ``name`` is in :data:`SDE_SOLVERS` (naming why and the valid ones)."""
     if name in SDE_SOLVERS:
         return
     valid = ", ".join(sorted(SDE_SOLVERS))
     if name in _ADJOINT_ONLY:
         raise ValueError(f"sde_solver {name!r} is the backward pass of sdeint_adjoint, not a forward solver; valid: {valid}")
-    if name in _TSDE_METHODS.all():
+    if name in TORCHSDE_METHODS:
         raise ValueError(f"sde_solver {name!r} does not support the additive diagonal noise of the Langevin SDE; valid: {valid}")
     raise ValueError(f"unknown sde_solver {name!r}; valid torchsde methods for additive diagonal noise: {valid}")
 
@@ -224,42 +217,16 @@ def uniform_runs(ts: Tensor, rtol: float = 1e-6) -> list[tuple[int, int]]:
     return runs
 
 
-def run_ula(
-    target,
-    *,
-    init=None,
-    n: int | None = None,
-    t0: float = 0.0,
-    t_final: float = 1.0,
-    dt: float = 0.01,
-    sde_solver: str = "euler",
-    solver_options: dict | None = None,
-    save_every: int = 1,
-    times=None,
-    seed: int | None = 0,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str = torch.float32,
-    progress: bool = False,
-    max_nfe: int | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 50,
-    resume: bool | str = False,
-) -> Result:
+def run_ula(target, config: ULAConfig | None = None, **kwargs) -> Result:
     r"""Run (annealed) ULA: dX = ∇log π_t(X) dt + √2 dW with torchsde, from X₀ ~ init.
 
     Args:
         target: a target, an annealing path (:class:`~sbtm_flows.paths.Geometric`,
             :class:`~sbtm_flows.paths.Dilation`, …) or any object with ``dim`` and ``score``.
-        init, n, t0, t_final, dt, save_every, times, seed, device, dtype, progress: as for
-            :func:`~sbtm_flows.sampling.run_sbtm`.  The steps are the path's time grid
-            (``path.time_grid(t0, t_final, dt)``), so annealed runs take the path's λ-aware steps.
-        sde_solver: a torchsde method valid for additive diagonal noise (:data:`SDE_SOLVERS`;
-            ``"euler"`` = Euler–Maruyama = ULA, ``"milstein"``, ``"srk"``, ``"heun"``, …).
-        solver_options: passed to ``torchsde.sdeint`` as ``options``.
-        max_nfe: raise :class:`SamplingError` after this many drift evaluations.
-        checkpoint, checkpoint_every, resume: write a checkpoint every ``checkpoint_every``
-            output times; ``resume=True`` continues an existing one of the same run, bitwise as
-            if uninterrupted (``"force"``: see :func:`~sbtm_flows.sampling.run_sbtm`).
+        config: a :class:`~sbtm_flows.config.ULAConfig`, or ``None`` to build one from ``kwargs``
+            (its fields: the common run options and ``sde_solver``, ``solver_options``).  The steps
+            are the path's time grid (``path.time_grid(t0, t_final, dt)``), so annealed runs take
+            the path's λ-aware steps.
 
     The Brownian motion of output interval k is a ``torchsde.BrownianInterval`` with entropy
     :func:`chunk_entropy` (base, k), the base being drawn from the seeded generator after X₀:
@@ -270,93 +237,136 @@ def run_ula(
         is no score model, so no Fisher information or dissipation: see ``info["diagnostics"]``).
 
     Raises:
-        ValueError: bad arguments (an sde_solver outside :data:`SDE_SOLVERS`, …), or a
-            checkpoint written with other arguments.
+        ValueError: bad arguments (an sde_solver outside :data:`SDE_SOLVERS`, an SBTM option, …),
+            or a checkpoint written with other arguments.
         SamplingError: ∇log π_t or the particles became NaN/inf (names t and the count).
     """
-    args = dict(locals())
-    args.pop("target")
-    _check_sde_solver(sde_solver)
-    check_resume(resume)
-    path, gen, x0, _, dtype, device = prepare_run(target, init, n, t0, t_final, dt, save_every, seed, dtype, device)
-    sde_type, levy = SDE_SOLVERS[sde_solver]
-    sde = LangevinSDE(path, sde_type=sde_type, max_nfe=max_nfe)
-    grid, out_idx = output_grid(path, t0, t_final, dt, int(save_every), True, times)
-    entropy = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    comm = current_comm()
-    blocks = _my_blocks(x0.shape[0], comm)  # [(block index, rows)] of this process
-    if comm is not None and len(blocks) == len(noise_blocks(x0.shape[0])):
-        comm = None  # too few particles to shard: this rank runs them all (as every rank does)
-    rows = slice(blocks[0][1].start, blocks[-1][1].stop)
-    if checkpoint is not None and comm is not None:  # one file per rank: its shard of the state
-        checkpoint = f"{os.fspath(checkpoint)}.rank{comm.rank}of{comm.world}"
-    ckpt = Checkpoint(checkpoint, args, target_fingerprint(path, x0, t0, t_final)) if checkpoint is not None else None
-    resumed = ckpt.load() if (ckpt is not None and resume) else None
+    cfg = build_config("ula", kwargs, config)
+    path, gen, x0, _, _, device = prepare_run(target, cfg.init, cfg.n, cfg.t0, cfg.t_final, cfg.dt, cfg.save_every,
+                                              cfg.seed, cfg.dtype, cfg.device)
+    grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), True, cfg.times)
+    sampler = ULASampler(path, grid, grid[out_idx], cfg.sde_solver, cfg.solver_options, cfg.max_nfe, device=device,
+                         stiffness_check=cfg.stiffness_check)
+    config_dict = cfg.to_dict()
+    state0 = sampler.init(x0, cfg.t0, gen)  # (shards X₀ under torch.distributed)
+    ckpt = None
+    if cfg.checkpoint is not None:
+        ckpt = Checkpoint(rank_path(cfg.checkpoint, sampler.comm), cfg.fields(), target_fingerprint(path, x0, cfg.t0, cfg.t_final))
+    return run(sampler, state0, grid[out_idx], observers=[FiniteTargetGuard(path)], checkpoint=ckpt,
+               checkpoint_every=cfg.checkpoint_every,
+               resume=cfg.resume, progress=cfg.progress and is_main_process(), method="ula", config=config_dict,
+               info={"diagnostics": _NO_DIAGNOSTICS})
 
-    def advance(y: Tensor, i0: int, i1: int) -> Tensor:
-        ts = grid[i0 : i1 + 1]
-        k = int(torch.searchsorted(out_idx, torch.tensor(i0)))
+_NO_DIAGNOSTICS = (
+    "ULA has no score model, so the relative Fisher information, the score-matching loss and the dissipation "
+    "diagnostics (which need s ≈ ∇log f_t) are not computed; compare laws with sf.compare_laws or fit a score to "
+    "result.trajectory"
+)
+
+
+@dataclass
+class ULAState:
+    """ULA's State: the particles ``(n, d)`` and the base entropy of the Brownian motions."""
+
+    x: Tensor
+    entropy: int
+
+
+class ULASampler:
+    r"""(Annealed) ULA as a :class:`~sbtm_flows.loop.Sampler`: Euler–Maruyama (or another torchsde
+    method) for dX = ∇log π_t(X) dt + √2 dW on the time grid ``grid (m,)``, whose points include
+    the output times ``times (T,)``.  Output interval [t_k, t_{k+1}] uses a ``torchsde.BrownianInterval`` with
+    entropy :func:`chunk_entropy` (base, k), the base drawn in :meth:`init` from the run's generator."""
+
+    def __init__(self, path, grid: Tensor, times: Tensor, sde_solver: str = "euler", solver_options: dict | None = None,
+                 max_nfe: int | None = None, device: torch.device | str = "cpu", stiffness_check: bool = True):
+        check_sde_solver(sde_solver)
+        #: the particle-block check (Euler–Maruyama's drift step is stable for dt·|λ| ≤ 2)
+        self.stiffness = ParticleStiffness(path, sde_solver, 2.0, "ula", generator=torch.Generator().manual_seed(0)) \
+            if stiffness_check else None
+        self.sde_type, self.levy = SDE_SOLVERS[sde_solver]
+        self.sde = LangevinSDE(path, sde_type=self.sde_type, max_nfe=max_nfe)
+        self.solver, self.solver_options = sde_solver, solver_options
+        self.grid = grid.to(torch.float64)
+        self._where = grid_index(self.grid)
+        self._interval = grid_index(times.to(torch.float64))
+        self.device = torch.device(device)
+        self.comm = current_comm()
+        self.blocks, self.rows = [], slice(0, 0)
+
+    def init(self, x0: Tensor, t0: float, generator: torch.Generator) -> ULAState:
+        """State at t0: X₀ ``(n, d)`` (this process's noise blocks of it under torch.distributed)
+        and a base entropy drawn from ``generator`` (after the particle-block stiffness check at X₀)."""
+        if self.stiffness is not None:
+            self.stiffness.start(x0, t0, float(self.grid[1] - self.grid[0]))
+        self.shard(x0.shape[0])
+        return ULAState(x0[self.rows], int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+
+    def shard(self, n: int) -> None:
+        """This process's noise blocks of n particles (:func:`_my_blocks`) and their rows; the
+        communicator is dropped when every rank runs every particle (too few to shard)."""
+        self.blocks = _my_blocks(n, self.comm)
+        if self.comm is not None and len(self.blocks) == len(noise_blocks(n)):
+            self.comm = None
+        self.rows = slice(self.blocks[0][1].start, self.blocks[-1][1].stop)
+
+    def particles(self, state: ULAState) -> Tensor:
+        """X ``(n, d)`` (all ranks' rows, gathered in order, under torch.distributed)."""
+        return state.x if self.comm is None else self.comm.gather_rows(state.x)
+
+    def nfe(self, state: ULAState) -> int:
+        """Drift evaluations so far."""
+        return self.sde.nfe
+
+    def state_dict(self, state: ULAState) -> dict:
+        """Particles, base entropy and the evaluation count."""
+        return {"x": state.x.detach().cpu(), "entropy": state.entropy, "nfe": self.sde.nfe, "n": self.particles(state).shape[0],
+                "stiffness_x": None if self.stiffness is None else self.stiffness.state_dict()}
+
+    def load_state_dict(self, blob: dict) -> ULAState:
+        """Inverse of :meth:`state_dict` (particles back on the path's dtype/device)."""
+        self.sde.nfe = int(blob["nfe"])
+        if self.stiffness is not None and blob.get("stiffness_x") is not None:
+            self.stiffness.load_state_dict(blob["stiffness_x"])
+        if not self.blocks:  # (this rank's rows: the checkpoint holds its shard)
+            self.shard(int(blob["n"]))
+        return ULAState(blob["x"].to(self.device), int(blob["entropy"]))
+
+    @torch.no_grad()
+    def advance(self, state: ULAState, t0: float, t1: float) -> ULAState:
+        """Integrate from output time t0 to t1 over the grid points between them."""
+        i0, i1 = self._where[t0], self._where[t1]
+        ts = self.grid[i0 : i1 + 1]
+        y = state.x
+        if self.stiffness is not None:  # every 50 steps, looked at output times
+            self.stiffness.check(self.particles(state), float(ts[0]), float(ts[1] - ts[0]), i0)
+        k = self._interval[t0]
         bm = BlockBrownian([torchsde.BrownianInterval(
-            t0=float(ts[0]), t1=float(ts[-1]), size=(r.stop - r.start, y.shape[1]), dtype=dtype, device=device,
-            entropy=block_entropy(chunk_entropy(entropy, k), b), dt=float((ts[1:] - ts[:-1]).max()),
-            levy_area_approximation=levy) for b, r in blocks])
+            t0=float(ts[0]), t1=float(ts[-1]), size=(r.stop - r.start, y.shape[1]), dtype=y.dtype, device=y.device,
+            entropy=block_entropy(chunk_entropy(state.entropy, k), b), dt=float((ts[1:] - ts[:-1]).max()),
+            levy_area_approximation=self.levy) for b, r in self.blocks])
         for a, b in uniform_runs(ts):
             span = ts[[a, b]]
             step = float(span[1] - span[0]) / (b - a) * (1.0 + 1e-9)  # lands exactly on ts[b]
-            y = torchsde.sdeint(sde, y, span, bm=bm, dt=step, method=sde_solver, options=solver_options)[-1]
+            y = torchsde.sdeint(self.sde, y, span, bm=bm, dt=step, method=self.solver, options=self.solver_options)[-1]
             bad = ~torch.isfinite(y).all(-1)
             if bad.any():
                 t_b = float(span[1])
                 raise SamplingError(
                     f"the ULA particles became NaN/inf at {int(bad.sum())} of {y.shape[0]} particles by t={t_b:.6g} "
-                    f"({sde_solver!r}, step {step:.3g}); lower dt or check the target's score",
+                    f"({self.solver!r}, step {step:.3g}); lower dt or check the target's score",
                     t=t_b,
                 )
-        return y
+        return ULAState(y, state.entropy)
 
-    if resumed is None:
-        y, rec, start, wall0 = x0[rows], Recorder(), 0, 0.0
-        check_target_finite(path, x0, float(grid[out_idx[0]]))
-        rec.add(float(grid[out_idx[0]]), x0)
-    else:
-        y, rec, start, sde.nfe, wall0, _ = restore_record(resumed, device, dtype)
-
-    def record(y: Tensor, k: int) -> bool:
-        check_target_finite(path, y, float(grid[out_idx[k]]))
-        rec.add(float(grid[out_idx[k]]), y if comm is None else comm.gather_rows(y))
-        return False
-
-    def save_ckpt(y: Tensor, k: int, stopped: bool) -> None:
-        ckpt.save(y, k, rec, sde.nfe, time.perf_counter() - t_start + wall0, {})
-
-    t_start = time.perf_counter()
-    with torch.no_grad():
-        drive(advance, record, y, out_idx, grid, start=start, progress=progress and is_main_process(), desc="ula",
-              checkpoint=save_ckpt if ckpt is not None else None, checkpoint_every=int(checkpoint_every),
-              postfix=lambda: {"t": f"{rec.times[-1]:.3g}", "nfe": sde.nfe})
-    wall = time.perf_counter() - t_start + wall0
-    packed = rec.pack()
-    info = {
-        "diagnostics": "ULA has no score model, so the relative Fisher information, the score-matching loss and the "
-        "dissipation diagnostics (which need s ≈ ∇log f_t) are not computed; compare laws with sf.compare_laws "
-        "or fit a score to result.trajectory",
-        "sde_type": sde_type,
-        "levy_area_approximation": levy,
-        "brownian_entropy": entropy,
-        "n_steps": int(grid.numel() - 1),
-        "ranks": 1 if comm is None else comm.world,
-    }
-    return Result(
-        particles=packed["trajectory"][-1],
-        times=packed["times"],
-        trajectory=packed["trajectory"],
-        diagnostics=packed["diagnostics"],
-        nfe=int(sde.nfe),
-        wall_time=wall,
-        method="ula",
-        config=_config_of(args),
-        info=info,
-    )
+    def finish(self, state: ULAState, packed: dict, info: dict) -> dict:
+        """Adds the SDE type, the Lévy-area approximation, the base entropy and the step count to ``info``."""
+        if self.stiffness is not None:
+            info["stiffness_x"] = self.stiffness.record()
+        info.update({"sde_type": self.sde_type, "levy_area_approximation": self.levy,
+                     "brownian_entropy": state.entropy, "n_steps": int(self.grid.numel() - 1),
+                     "ranks": 1 if self.comm is None else self.comm.world})
+        return {}
 
 
 METHODS["ula"] = run_ula

@@ -57,10 +57,10 @@ def geometric_53_path(t_final: float = 10.0):
 def geometric_53_exact(t_final: float = 10.0) -> float:
     """P(X_T > 0) under the exact annealed law (1-D Fokker–Planck grid solution): 0.5951 at T = 10."""
     path, init = geometric_53_path(t_final)
-    return sf.fokker_planck_1d(path, init.log_prob, t_final, dt=2e-3, x_max=14.0, m=2800).prob(lambda x: x > 0)
+    return sf.fokker_planck.fokker_planck_1d(path, init.log_prob, t_final, dt=2e-3, x_max=14.0, m=2800).prob(lambda x: x > 0)
 
 
-def geometric_53(method: str, n: int = 5000, t_final: float = 10.0, dt: float = 0.01, seed: int = 0, eta=5.0,
+def geometric_53(method: str, n: int = 5000, t_final: float = 10.0, dt: float = 0.01, seed: int = 0, eta=None,
                  training: str = "steps") -> dict:
     """§5.3: π = ¼N(−4,1) + ¾N(4,1), geometric path from f_0 = N(0,1); fraction with x > 0."""
     path, init = geometric_53_path(t_final)
@@ -89,8 +89,8 @@ def grid_54(method: str, path_kind: str = "dilation", n: int = 4000, t_final: fl
     kw = sbtm_kw if method == "sbtm" else {}
     res, wall = _timed(sf.sample, target=path, method=method, init=init, n=n, t_final=t_final, dt=dt, seed=seed,
                        save_every=10**9, **kw)
-    w = sf.mode_weights(res.particles, target.means)
-    return {"weights": w, "min_weight": float(w.min()), "tv_uniform": sf.tv_distance(w, target.weights), "wall": wall,
+    w = sf.metrics.mode_weights(res.particles, target.means)
+    return {"weights": w, "min_weight": float(w.min()), "tv_uniform": sf.metrics.tv_distance(w, target.weights), "wall": wall,
             "result": res, "n_steps": int(path.time_grid(0.0, t_final, dt).numel() - 1)}
 
 

@@ -125,7 +125,7 @@ def test_54_quick():
     # seeds 0/1/2: TV 0.100/0.092/0.128, SBTM min weight ≥ 0.025 with the default ScaledScore; the
     # plain network (no rescaling) gives TV 0.21/0.22/0.25 and min weights 0.005/0.0125/0.0
     assert u["min_weight"] >= 0.01 and s["min_weight"] >= 0.015, (s["weights"], u["weights"])
-    assert sf.tv_distance(s["weights"], u["weights"]) < 0.17
+    assert sf.metrics.tv_distance(s["weights"], u["weights"]) < 0.17
     # the geometric path weights the 16 modes far worse than the dilation path
     assert g["tv_uniform"] > max(u["tv_uniform"], s["tv_uniform"]) + 0.2
 
@@ -134,7 +134,7 @@ def test_54_quick():
 def test_54_paper():
     s = P.grid_54("sbtm", n=4000, **P.SBTM_54)
     u = P.grid_54("ula", n=4000)
-    tv = sf.tv_distance(s["weights"], u["weights"])
+    tv = sf.metrics.tv_distance(s["weights"], u["weights"])
     print(f"5.4 dilation (linear, lam0=0.1, t_final=20): SBTM min {s['min_weight']:.4f} TV-unif {s['tv_uniform']:.4f} "
           f"({s['wall']:.0f}s); ULA min {u['min_weight']:.4f} TV-unif {u['tv_uniform']:.4f} ({u['wall']:.0f}s); TV {tv:.4f}")
     assert s["min_weight"] >= 0.01 and u["min_weight"] >= 0.01

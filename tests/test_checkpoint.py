@@ -269,3 +269,37 @@ def test_save_refuses_objects_that_would_not_load_safely(tmp_path):
         c.save({"k": 1, "thing": _Plain(1.0)})
     assert not (tmp_path / "c.ckpt").exists()
     c.close()
+
+
+# ---- Ctrl-C ---------------------------------------------------------------------------------
+class _CtrlC(sf.Target):
+    """N(0, I) whose score raises KeyboardInterrupt on call number ``at`` (a Ctrl-C mid-run)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.dim, self.at, self.calls = 2, at, 0
+
+    def score(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return -x
+
+    def log_prob(self, x):
+        return -0.5 * (x**2).sum(-1)
+
+
+@pytest.mark.parametrize("method, kw", [("ula", {}), ("sbtm", dict(init_steps=20, training="steps"))])
+def test_ctrl_c_leaves_a_checkpoint_at_the_last_output_time_and_a_partial_result(tmp_path, method, kw):
+    kw = dict(init=I2, n=40, t_final=0.4, dt=0.02, seed=0, method=method, checkpoint=tmp_path / "c.ckpt",
+              checkpoint_every=100, stiffness_check=False, **kw)
+    full = sf.sample(_CtrlC(10**9), **kw)
+    (tmp_path / "c.ckpt").unlink()
+    with pytest.raises(KeyboardInterrupt) as e:
+        sf.sample(_CtrlC(25), **kw)
+    part = e.value.result
+    k = read_checkpoint(tmp_path / "c.ckpt")["k"]  # written at the interrupt (checkpoint_every=100 never fired)
+    assert 0 < k < len(full.times) - 1 and part.times.numel() == k + 1 and "interrupted" in part.info
+    assert torch.equal(part.trajectory, full.trajectory[: k + 1])
+    resumed = sf.sample(_CtrlC(10**9), resume=True, **kw)
+    assert torch.equal(resumed.trajectory, full.trajectory)

@@ -169,3 +169,35 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path):
     assert torch.equal(torch.load(tmp_path / "a" / "particles.pt"), torch.load(tmp_path / "b" / "particles.pt"))
     p = cli(*[a if a != "0.2" else "0.3" for a in args], "--resume", "--out", str(tmp_path / "c"), check=False)
     assert p.returncode == 2 and "different arguments: t_final" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_writes_a_checkpoint_and_partial_results_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    import sbtm_flows as sf
+    from sbtm_flows.checkpoint import read_checkpoint
+
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    args = ["sample", "--target", "gaussian2d", "--method", "ula", "--n", "500", "--t-final", "100000", "--dt", "0.01",
+            "--checkpoint", str(ck), "--out", str(out), "--no-progress"]
+    p = subprocess.Popen([sys.executable, "-m", "sbtm_flows.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=ENV)
+    try:
+        deadline = time.time() + 600
+        while not (ck / "ula.ckpt").exists():  # the first periodic checkpoint (50 output times)
+            assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "timeout"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "interrupted at t=" in lines[0] and "--resume" in lines[0], err
+    blob = read_checkpoint(ck / "ula.ckpt")  # written at the interrupt: the last output time reached
+    partial = sf.load(out / "partial_ula.pt")
+    assert partial.times.numel() == blob["k"] + 1 >= 51 and partial.info.get("interrupted")
+    assert not (ck / "ula.ckpt.lock").exists() and not (ck / "ula.ckpt.tmp").exists()

@@ -7,7 +7,7 @@ import torch
 import torchdiffeq
 
 import sbtm_flows as sf
-from sbtm_flows.dynamics import hessian_max_eigenvalue
+from sbtm_flows.stiffness import hessian_max_eigenvalue
 
 D64 = torch.float64
 

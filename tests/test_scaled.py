@@ -22,17 +22,17 @@ def test_scaled_score_is_the_rescaled_network_and_its_loss_scales_by_c_squared()
     with torch.no_grad():
         torch.testing.assert_close(model(x, 0.5), net(x / c) / c)
     # ∇_x·s(x) = c⁻² ∇_y·ŝ(y) and mean(|s|² + 2∇·s) = c⁻² mean(|ŝ|² + 2∇·ŝ) at y = x/c
-    _, div_x = divergence(sf.at_time(model, 0.5), x, "exact")
+    _, div_x = divergence(sf.score.at_time(model, 0.5), x, "exact")
     _, div_y = divergence(net, x / c, "exact")
     torch.testing.assert_close(div_x, div_y / c**2)
-    loss_x = implicit_score_matching(sf.at_time(model, 0.5), x, "exact")[0]
+    loss_x = implicit_score_matching(sf.score.at_time(model, 0.5), x, "exact")[0]
     loss_y = implicit_score_matching(net, x / c, "exact")[0]
     torch.testing.assert_close(loss_x, loss_y / c**2)
 
 
 def test_at_time_and_bad_scales():
     net = _net()
-    assert sf.at_time(net, 0.3) is net  # a time-independent model is returned as is
+    assert sf.score.at_time(net, 0.3) is net  # a time-independent model is returned as is
     with pytest.raises(ValueError, match="needs t"):
         sf.ScaledScore(net, lambda t: 1.0)(torch.zeros(1, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="positive"):

@@ -59,6 +59,9 @@ def autograd_score(log_prob: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     with torch.enable_grad():
         xr = x if x.requires_grad else x.detach().requires_grad_(True)
         lp = log_prob(xr)
+        if not isinstance(lp, Tensor):
+            raise ValueError(f"log_prob must return a torch tensor of shape ({x.shape[0]},) (one value per particle), got "
+                             f"{type(lp).__name__}{'' if not hasattr(lp, 'shape') else ' of shape ' + str(tuple(lp.shape))}")
         if lp.shape != x.shape[:1]:
             raise ValueError(f"log_prob must return shape ({x.shape[0]},), got {tuple(lp.shape)}")
         if not lp.requires_grad:

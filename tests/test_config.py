@@ -1,0 +1,75 @@
+"""Typed configurations: an option that the chosen configuration does not use is refused with
+a message naming the configuration that would use it; `training="auto"` follows the options
+given; the stored configuration is the resolved one and rebuilds the run."""
+
+import pytest
+import torch
+
+import sbtm_flows as sf
+from sbtm_flows.config import SBTMConfig, ULAConfig, build_config
+
+T1 = sf.Gaussian(torch.zeros(1), torch.eye(1))
+KW = dict(init=sf.Gaussian(torch.zeros(1), 0.5 * torch.eye(1)), n=20, t_final=0.02, dt=0.01, init_steps=5)
+
+
+@pytest.mark.parametrize(
+    ("method", "kw", "match"),
+    [
+        ("sbtm", dict(training="steps", eta=123.0), r"eta=123.0 is not used by training='steps'; it is an option of training='flow'"),
+        ("sbtm", dict(training="steps", eta=2.0), "option of training='flow'"),
+        ("sbtm", dict(training="steps", record_ntk_every=1), "record_ntk_every.*training='flow'"),
+        ("sbtm", dict(training="flow", inner_steps=99), r"inner_steps=99 is not used by training='flow'; it is an option of training='steps'"),
+        ("sbtm", dict(training="flow", lr=5.0), "lr=5.0 .*training='steps'"),
+        ("sbtm", dict(training="flow", optimizer="sgd"), "optimizer.*training='steps'"),
+        ("sbtm", dict(eta=1.0, inner_steps=3), "choose one training"),
+        ("sbtm", dict(solver="heun2", rtol=1e-3), "rtol=0.001 is not used by the fixed-step solver 'heun2'; it is an option of adaptive"),
+        ("sbtm", dict(score_model=torch.nn.Linear(1, 1), hidden=(8,)), r"hidden.*custom score_model.*score_model=None"),
+        ("sbtm", dict(sde_solver="euler"), "method='sbtm' has no option 'sde_solver'; it is an option of method='ula'"),
+        ("ula", dict(eta=2.0), "method='ula' has no option 'eta'; it is an option of method='sbtm'"),
+        ("ula", dict(training="flow"), "option of method='sbtm'"),
+        ("ula", dict(etta=2.0), "no method takes it"),
+    ],
+)
+def test_an_unused_option_is_refused_naming_who_uses_it(method, kw, match):
+    base = KW if method == "sbtm" else {k: v for k, v in KW.items() if k != "init_steps"}
+    with pytest.raises(ValueError, match=match):
+        sf.sample(T1, method=method, **base, **kw)
+
+
+def test_auto_training_follows_the_options_given():
+    path = sf.Dilation(T1)  # auto picks the discrete training on a dilation path with a fixed-step solver
+    assert SBTMConfig().resolved(path).training == "steps"
+    flow = SBTMConfig(eta=2.0).resolved(path)
+    assert flow.training == "flow" and flow.eta == 2.0 and flow.inner_steps is None
+    steps = SBTMConfig(lr=1e-2).resolved(sf.as_path(T1))
+    assert (steps.training, steps.lr, steps.inner_steps, steps.eta) == ("steps", 1e-2, 5, None)
+    assert SBTMConfig().resolved(sf.as_path(T1)).training == "flow"
+
+
+def test_stored_config_is_the_resolved_one_and_rebuilds_the_run():
+    res = sf.sample(T1, **KW, seed=1)
+    cfg = res.config
+    assert cfg["training"] == "flow" and cfg["eta"] == 5.0
+    assert cfg["inner_steps"] is None and cfg["rtol"] is None  # unused by this configuration
+    plain = {k: v for k, v in cfg.items() if k != "init"}  # the init law is stored as its repr
+    again = sf.sample(T1, init=KW["init"], **{k: tuple(v) if k == "hidden" else v for k, v in plain.items()})
+    assert torch.equal(again.particles, res.particles)
+
+
+def test_config_objects_validate_when_built():
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        ULAConfig(checkpoint_every=0)
+    with pytest.raises(ValueError, match="sde_solver"):
+        ULAConfig(sde_solver="nope")
+    with pytest.raises(ValueError, match="fixed-step solver"):
+        SBTMConfig(training="steps", solver="dopri5")
+    assert isinstance(build_config("ula", {"dt": 0.1}), ULAConfig)
+    res = sf.sampling.run_sbtm(T1, SBTMConfig(**KW, training="steps", inner_steps=1))
+    assert res.config["training"] == "steps" and res.info["train_steps"] == 2
+
+
+def test_a_config_object_is_used_as_given_and_not_mixed_with_keywords():
+    with pytest.raises(ValueError, match="either a config or keyword options"):
+        sf.sampling.run_sbtm(T1, SBTMConfig(**KW), seed=3)
+    with pytest.raises(ValueError, match="needs a ULAConfig"):
+        build_config("ula", {}, SBTMConfig())
