@@ -248,11 +248,11 @@ def run_ula(target, config: ULAConfig | None = None, **kwargs) -> Result:
     sampler = ULASampler(path, grid, grid[out_idx], cfg.sde_solver, cfg.solver_options, cfg.max_nfe, device=device,
                          stiffness_check=cfg.stiffness_check)
     config_dict = cfg.to_dict()
-    state0 = sampler.init(x0, cfg.t0, gen)  # (shards X₀ under torch.distributed)
+    sampler.shard(x0.shape[0])  # this process's rows under torch.distributed (before the checkpoint's name)
     ckpt = None
     if cfg.checkpoint is not None:
         ckpt = Checkpoint(rank_path(cfg.checkpoint, sampler.comm), cfg.fields(), target_fingerprint(path, x0, cfg.t0, cfg.t_final))
-    return run(sampler, state0, grid[out_idx], observers=[FiniteTargetGuard(path)], checkpoint=ckpt,
+    return run(sampler, sampler.init(x0, cfg.t0, gen), grid[out_idx], observers=[FiniteTargetGuard(path)], checkpoint=ckpt,
                checkpoint_every=cfg.checkpoint_every,
                resume=cfg.resume, progress=cfg.progress and is_main_process(), method="ula", config=config_dict,
                info={"diagnostics": _NO_DIAGNOSTICS})
