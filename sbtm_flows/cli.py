@@ -15,10 +15,13 @@ and one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 __all__ = ["main"]
 
@@ -337,13 +340,34 @@ def _cmd_list(a) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _ranks(a):
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group; rank 0 writes ``--out``
+    and prints, the other ranks compute their shards and write into a scratch folder that is
+    removed at the end (so the ranks never race on the same files)."""
+    from .distributed import init_from_env
+
+    comm = init_from_env() if getattr(a, "cmd", None) in ("run", "sample") else None
+    if comm is None or comm.rank == 0:
+        yield
+        return
+    scratch = tempfile.mkdtemp(prefix=f"sbtm-rank{comm.rank}-")
+    a.out, a.no_progress = scratch, True
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sbtm-flows`` console script; returns the exit status."""
     from .errors import SamplingError
 
     try:
         a = _parser().parse_args(argv)
-        return {"run": _cmd_run, "sample": _cmd_sample, "list": _cmd_list, "bench": _cmd_bench}[a.cmd](a)
+        with _ranks(a):
+            return {"run": _cmd_run, "sample": _cmd_sample, "list": _cmd_list, "bench": _cmd_bench}[a.cmd](a)
     except _CliError as e:
         print(f"{e}", file=sys.stderr)
     except (ValueError, SamplingError, OSError, NotImplementedError) as e:

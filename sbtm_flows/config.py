@@ -23,7 +23,9 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint import check_resume
+from .dynamics import DEFAULT_BATCH, check_batch
 from .loop import check_positive, config_of
+from .losses import CHUNK
 from .stiffness import FIXED_GRID_SOLVERS
 
 __all__ = ["RunConfig", "SBTMConfig", "ULAConfig", "CONFIGS", "build_config", "TRAININGS", "FLOW_OPTIONS", "STEPS_OPTIONS"]
@@ -103,6 +105,9 @@ def _fill(cfg, options: dict) -> None:
             setattr(cfg, name, default)
 
 
+#: Default number of particles the score diagnostics (F^n, loss, dissipation) average over.
+DIAGNOSTICS_SAMPLE = 65536
+
 @dataclass
 class SBTMConfig(RunConfig):
     r"""SBTM: the solver, the training of s_Θ (``"flow"``: dΘ/dt = −η∇_ΘL in the ODE state;
@@ -162,6 +167,18 @@ class SBTMConfig(RunConfig):
             position or rates stop being finite (the target's score overflows where it wandered)
             is frozen there, left out of the density diagnostics and counted in the diagnostic
             ``holdout_lost``: held-out particles never stop a run.
+        batch: m, the number of particles in the score loss (default 4096, ``DEFAULT_BATCH``;
+            None: all).  ``training="steps"`` draws a fresh mini-batch of m of the n particles for
+            every optimizer step; the flow trains on a fixed random subset per output interval (so
+            the right-hand side is a deterministic function of the state).  Every particle moves;
+            those outside the batch with the velocity of the held-out ones
+            (:meth:`~sbtm_flows.dynamics.SBTMFlow.configure_scale`).  The initial fit uses m random
+            particles.  m ≥ n is the full-batch algorithm, unchanged.
+        chunk: block size (particles) of every per-particle computation: memory grows with it,
+            not with n (None: no blocking).
+        diagnostics_sample: the score diagnostics (``fisher``, ``loss``, ``dissipation``…) are
+            means over a fixed random subset of this many particles (default 65536; None: all);
+            the density diagnostics (log Z, ESS) use every particle.
         max_nfe: raise :class:`SamplingError` once the solver has used this many RHS calls.
         stiffness_check: with a fixed-step solver, refuse a step the particle block cannot take
             (dt·max_i |λ(∇²log π_t(Xᵢ))| beyond the solver's limit, at the start and every 50
@@ -202,6 +219,9 @@ class SBTMConfig(RunConfig):
     stop_fisher: float | None = None
     track_logdensity: bool = False
     holdout: int = 0
+    batch: int | None = DEFAULT_BATCH
+    chunk: int | None = CHUNK
+    diagnostics_sample: int | None = DIAGNOSTICS_SAMPLE
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -209,6 +229,9 @@ class SBTMConfig(RunConfig):
         from .sampling import SOLVERS
 
         self.holdout = check_holdout(self.holdout)
+        self.batch = check_batch(self.batch)
+        check_positive("chunk", self.chunk, integer=True, allow_none=True)
+        check_positive("diagnostics_sample", self.diagnostics_sample, integer=True, allow_none=True)
         if self.solver is not None and self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; valid torchdiffeq methods: {', '.join(sorted(SOLVERS))}")
         if self.training not in TRAININGS:

@@ -33,12 +33,28 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .losses import CHUNK, row_blocks
 from .losses import divergence as _divergence
 from .paths import Path
 
 __all__ = ["score_diagnostics", "cumulative_trapezoid", "SCORE_DIAGNOSTICS"]
 
 SCORE_DIAGNOSTICS = ("fisher", "loss", "dissipation", "dissipation_learned")
+
+
+def _diagnostic_sums(path: Path, score_fn, x: Tensor, t: float, divergence: str, probes: Tensor | None) -> Tensor:
+    """Σ over the rows of ``x`` of the four per-particle terms, ``(4,)`` in SCORE_DIAGNOSTICS order."""
+    s, div = _divergence(score_fn, x, divergence, probes, chunk=None)
+    g_pi = path.target.score(x)
+    g_t = path.score(x, t)
+    lap_t = path.laplacian(x, t, probes) if divergence == "hutchinson" else path.laplacian(x, t)
+    terms = (
+        ((s - g_pi) ** 2).sum(-1),
+        (s * s).sum(-1) + 2 * div,
+        lap_t - div + (g_pi * (g_t - s)).sum(-1),
+        ((s - g_pi) * (s - g_t)).sum(-1),
+    )
+    return torch.stack([u.sum() for u in terms])
 
 
 @torch.no_grad()
@@ -49,19 +65,20 @@ def score_diagnostics(
     t: float,
     divergence: str = "exact",
     probes: Tensor | None = None,
+    chunk: int | None = CHUNK,
+    comm=None,
 ) -> dict[str, float]:
-    """The diagnostics listed in the module docstring at particles ``x (n, d)``, time t."""
-    s, div = _divergence(score_fn, x, divergence, probes)
-    g_pi = path.target.score(x)
-    g_t = path.score(x, t)
-    lap_t = path.laplacian(x, t, probes) if divergence == "hutchinson" else path.laplacian(x, t)
-    out = {
-        "fisher": ((s - g_pi) ** 2).sum(-1).mean(),
-        "loss": ((s * s).sum(-1) + 2 * div).mean(),
-        "dissipation": (lap_t - div + (g_pi * (g_t - s)).sum(-1)).mean(),
-        "dissipation_learned": ((s - g_pi) * (s - g_t)).sum(-1).mean(),
-    }
-    return {k: float(v) for k, v in out.items()}
+    """The diagnostics listed in the module docstring at particles ``x (n, d)``, time t.
+
+    The per-particle terms are summed block by block (``chunk`` particles at a time, so memory
+    grows with the block, not with n); with a :class:`~sbtm_flows.distributed.Comm` the sums and
+    counts are added over the ranks, so every rank gets the means over all particles."""
+    n = x.shape[0]
+    sums = sum(_diagnostic_sums(path, score_fn, x[b], t, divergence, None if probes is None else probes[:, b])
+               for b in row_blocks(n, chunk))
+    if comm is not None:
+        sums, n = comm.sum(sums), comm.count(n)
+    return {k: float(v) / n for k, v in zip(SCORE_DIAGNOSTICS, sums)}
 
 
 def cumulative_trapezoid(values: Tensor, times: Tensor) -> Tensor:

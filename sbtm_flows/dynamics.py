@@ -42,12 +42,15 @@ import torch
 from torch import Tensor
 
 from .errors import SamplingError
-from .losses import divergence, implicit_score_matching, make_probes, resolve_divergence
+from .losses import CHUNK, divergence, make_probes, map_rows, resolve_divergence, row_blocks, score_matching_grad, score_matching_terms
 from .paths import Path, as_path
 from .paths import time_float as _tfloat
-from .score import at_time, flatten_params, functional_score, make_optimizer, optimize, unflatten_params
+from .score import at_time, flatten_params, functional_score, make_optimizer, unflatten_params
 
-__all__ = ["SBTMFlow", "SBTMSteps", "particle_rates", "check_holdout"]
+#: Default number of particles in the score loss (``batch`` of ``sample``): see README "Scale".
+DEFAULT_BATCH = 4096
+
+__all__ = ["DEFAULT_BATCH", "SBTMFlow", "SBTMSteps", "particle_rates", "passive_rates", "check_holdout", "check_batch"]
 
 
 def check_holdout(holdout) -> int:
@@ -58,6 +61,18 @@ def check_holdout(holdout) -> int:
     if isinstance(holdout, bool) or not isinstance(holdout, numbers.Integral) or holdout < 0:
         raise ValueError(f"holdout must be a non-negative integer (number of held-out particles), got {holdout!r}")
     return int(holdout)
+
+
+def check_batch(batch) -> int | None:
+    """``batch`` as ``None`` (train on every particle) or an ``int`` m ≥ 2.
+
+    Raises:
+        ValueError: not None and not an integer ≥ 2 (bools and floats are refused)."""
+    if batch is None:
+        return None
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 2:
+        raise ValueError(f"batch must be None (all particles) or an integer >= 2 (particles in the score loss), got {batch!r}")
+    return int(batch)
 
 
 def particle_rates(
@@ -97,6 +112,30 @@ def particle_rates(
     if div_s is None:
         return v, None
     return v, div_s - path.laplacian(x, t, probes)
+
+
+def passive_rates(
+    path: Path,
+    t: float | Tensor,
+    x: Tensor,
+    score_fn: Callable[[Tensor], Tensor],
+    divergence_method: str,
+    probes: Tensor | None = None,
+    track_logdensity: bool = False,
+    check_finite: bool = True,
+    chunk: int | None = CHUNK,
+) -> tuple[Tensor, Tensor | None]:
+    r"""Rates of particles that move with the learned velocity but are not trained on: held-out
+    particles, and the particles outside the mini-batch when ``batch`` < n.  Returns
+    ``(v = ∇log π_t(x) − s(x) (n, d), −∇·v (n,) or None)`` (the latter with
+    ``track_logdensity``), evaluated without a graph in blocks of ``chunk`` particles
+    (memory of one block); see :func:`particle_rates` for ``probes (m, n, d)`` and the errors."""
+    with torch.no_grad():
+        if track_logdensity:
+            s, div = divergence(score_fn, x, divergence_method, probes, chunk)
+        else:
+            s, div = map_rows(score_fn, x, chunk), None
+        return particle_rates(path, t, x, s, div, check_finite, probes)
 
 
 #: Derivative returned for a non-finite trial state of an adaptive solver: finite but so large
@@ -139,6 +178,63 @@ class _Base(torch.nn.Module):
         #: set by adaptive runs: a non-finite trial state returns REJECT_VALUE derivatives
         #: (the solver rejects the step and shrinks it) instead of raising.
         self.reject_nonfinite = False
+        self.configure_scale()
+
+    # ---- scale: mini-batches, blocks, shards (see configure_scale) -----------------------
+    def configure_scale(self, batch: int | None = None, chunk: int | None = CHUNK, comm=None, batch_seed: int = 0) -> None:
+        r"""How the loss is spread over the particles.
+
+        Args:
+            batch: m, the number of particles in the score loss (None: all).  :class:`SBTMSteps`
+                draws a fresh mini-batch of m particles (without replacement, from
+                ``batch_generator``, seeded with ``batch_seed``) for every optimizer step; :class:`SBTMFlow` trains on the
+                fixed subset :attr:`batch_index` (set per output interval by
+                :meth:`choose_batch`, so the right-hand side stays a function of (t, y)).  All
+                particles move; those outside the batch get their rates from :func:`passive_rates`,
+                like held-out particles.
+            chunk: block size of every per-particle computation (memory of one block).
+            comm: a :class:`~sbtm_flows.distributed.Comm`: this process holds a shard of the
+                particles; the loss gradient (and the loss) are summed over the ranks, the loss
+                being divided by the total count, and the batch m is split over the ranks in
+                proportion to their shards.
+        """
+        self.batch = check_batch(batch)
+        self.chunk = chunk
+        self.comm = comm
+        self.batch_seed = int(batch_seed) % 2**63
+        self.batch_generator = torch.Generator().manual_seed(self.batch_seed)
+        #: rows of the training particles in the flow's loss (None: all of them).
+        self.batch_index: Tensor | None = None
+
+    def local_batch(self, n: int) -> int:
+        """The number of this process's n particles in the loss: min(n, m) in one process, the
+        share ⌈m·n/N⌉ of a shard of n of N particles under a ``comm``; n when ``batch`` is None."""
+        if self.batch is None:
+            return n
+        if self.comm is None:
+            return min(n, self.batch)
+        return min(n, -(-self.batch * n // self.comm.count(n)))
+
+    def choose_batch(self, n: int, k: int) -> None:
+        """Fix the flow's training subset for output interval k: :meth:`local_batch` rows drawn
+        without replacement by a generator seeded with ``batch_seed`` + 1 + k (a function of k
+        alone, so a resumed run picks the same subsets); all rows when m ≥ n."""
+        m = self.local_batch(n)
+        if m >= n:
+            self.batch_index = None
+            return
+        g = torch.Generator().manual_seed((self.batch_seed + 1 + int(k)) % 2**63)
+        self.batch_index = torch.randperm(n, generator=g)[:m].sort().values
+
+    def _total(self, k: int) -> int:
+        return k if self.comm is None else self.comm.count(k)
+
+    def _reduce(self, grads: list[Tensor]) -> list[Tensor]:
+        """Sum a list of gradients over the ranks (one all-reduce of their concatenation)."""
+        if self.comm is None:
+            return grads
+        flat = self.comm.sum(torch.cat([g.reshape(-1) for g in grads]))
+        return [u.view_as(g) for u, g in zip(flat.split([g.numel() for g in grads]), grads)]
 
     def _nonfinite(self, t, y: Tensor, what: str, hint: str) -> Tensor:
         """Reject the trial step (adaptive solvers) or raise :class:`SamplingError`."""
@@ -227,12 +323,7 @@ class _Base(torch.nn.Module):
             if self.holdout_probes is None or self.holdout_probes.device != x.device:
                 self._draw_holdout_probes(x)
             probes = self.holdout_probes
-        with torch.no_grad():
-            if self.track_logdensity:
-                s, div = divergence(score_fn, x, self.divergence, probes)
-            else:
-                s, div = score_fn(x), None
-            v, dl = particle_rates(self.path, t, x, s, div, False, probes)
+        v, dl = passive_rates(self.path, t, x, score_fn, self.divergence, probes, self.track_logdensity, False, self.chunk)
         lost = lost | ~torch.isfinite(v).all(-1)
         if dl is not None:
             lost = lost | ~torch.isfinite(dl)
@@ -360,17 +451,65 @@ class SBTMFlow(_Base):
         return lambda z: functional_score(self.model, params, z, t)
 
     def loss_and_grad(self, x: Tensor, theta: Tensor, create_graph: bool = False,
-                      t: float | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(L, ∇_Θ L (P,), s (n, d), ∇·s (n,))`` at particles ``x``, parameters Θ and time t.
+                      t: float | Tensor | None = None, probes: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(L, ∇_Θ L (P,), s (n, d), ∇·s (n,))`` at particles ``x``, parameters Θ and time t
+        (``probes``: Hutchinson probes ``(m, n, d)``, default the flow's own for n particles).
 
-        With ``create_graph`` (and Θ requiring grad) the gradient is differentiable in Θ
-        (for Hessian-vector products)."""
+        Accumulated over blocks of ``chunk`` particles, and summed over the ranks under a
+        ``comm`` (then L and ∇_Θ L are those of all ranks' particles, s and ∇·s this rank's).
+        With ``create_graph`` (and Θ requiring grad) the gradient is this process's part, in one
+        graph differentiable in Θ (for Hessian-vector products, see :meth:`hvp`)."""
+        probes = self._need_probes(x) if probes is None else probes
+        th = theta if theta.requires_grad else theta.detach().requires_grad_(True)
+        total = self._total(x.shape[0])
+        if create_graph:
+            with torch.enable_grad():
+                terms, s, div = score_matching_terms(self.score_fn(th, t), x, self.divergence, probes)
+                loss = terms.sum() / total
+                (grad,) = torch.autograd.grad(loss, th, create_graph=True)
+            return loss.detach(), grad, s.detach(), div.detach()
+        with torch.enable_grad():  # (the views of Θ that score_fn makes must track it)
+            loss, (grad,), s, div = score_matching_grad(self.score_fn(th, t), x, [th], self.divergence, probes,
+                                                        total=total, chunk=self.chunk)
+        if self.comm is not None:
+            loss, grad = self._reduce([loss.reshape(1), grad])
+            loss = loss[0]
+        return loss, grad, s, div
+
+    def training_rows(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(X_B (m, d), probes (k, m, d) or None)``: the particles in the loss (the subset
+        :attr:`batch_index`, or all) and their Hutchinson probes."""
         probes = self._need_probes(x)
-        with torch.enable_grad():
-            th = theta if theta.requires_grad else theta.detach().requires_grad_(True)
-            loss, (s, div) = implicit_score_matching(self.score_fn(th, t), x, self.divergence, probes)
-            (grad,) = torch.autograd.grad(loss, th, create_graph=create_graph)
-        return loss.detach(), grad, s.detach(), div.detach()
+        if self.batch_index is None:
+            return x, probes
+        idx = self.batch_index.to(x.device)
+        return x[idx], (None if probes is None else probes[:, idx])
+
+    def hvp(self, x: Tensor, theta: Tensor, t: float | Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        r"""q ↦ ∇²_Θ L·q ``(P,) -> (P,)`` at particles ``x (n, d)`` (summed over the ranks under a
+        ``comm``).  Up to ``chunk`` particles the graph of ∇_Θ L is built once and reused; above,
+        each product is accumulated block by block (memory of one block, one double-backward
+        pass per block and product)."""
+        th = theta.detach().clone().requires_grad_(True)
+        probes = self._need_probes(x)
+        blocks = row_blocks(x.shape[0], self.chunk)
+        total = self._total(x.shape[0])
+
+        def block_grad(b: slice) -> Tensor:
+            with torch.enable_grad():
+                terms = score_matching_terms(self.score_fn(th, t), x[b], self.divergence, None if probes is None else probes[:, b])[0]
+                return torch.autograd.grad(terms.sum() / total, th, create_graph=True)[0]
+
+        graph = block_grad(blocks[0]) if len(blocks) == 1 else None
+
+        def product(q: Tensor) -> Tensor:
+            if graph is not None:
+                hv = torch.autograd.grad(graph, th, q, retain_graph=True)[0]
+            else:
+                hv = sum(torch.autograd.grad(block_grad(b), th, q)[0] for b in blocks)
+            return hv if self.comm is None else self.comm.sum(hv)
+
+        return product
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         """dy/dt at time t (see the module docstring)."""
@@ -380,10 +519,16 @@ class SBTMFlow(_Base):
         theta = theta.detach()
         if self.check_finite and not bool(torch.isfinite(self._head(y)).all()):
             return self._nonfinite(t, y, "the particles or the network parameters Θ", _STIFF_HINT)
-        _, grad, s, div = self.loss_and_grad(x, theta, t=t)
+        if self.batch_index is None:
+            _, grad, s, div = self.loss_and_grad(x, theta, t=t)
+            v, dl = particle_rates(self.path, t, x, s, div if self.track_logdensity else None, self.check_finite, self.probes)
+        else:  # train on the subset, move every particle with the velocity of the passive ones
+            xb, pb = self.training_rows(x)
+            grad = self.loss_and_grad(xb, theta, t=t, probes=pb)[1]
+            v, dl = passive_rates(self.path, t, x, self.score_fn(theta, t), self.divergence, self.probes,
+                                  self.track_logdensity, self.check_finite, self.chunk)
         if self.check_finite and not torch.isfinite(grad).all():
             return self._nonfinite(t, y, "the loss gradient ∇_Θ L", _STIFF_HINT)
-        v, dl = particle_rates(self.path, t, x, s, div if self.track_logdensity else None, self.check_finite, self.probes)
         parts = [v.reshape(-1), -self.eta_at(t, x, theta) * grad]
         if dl is not None:
             parts.append(dl)
@@ -466,9 +611,20 @@ class SBTMSteps(_Base):
         x = x.detach()
         if self.divergence == "hutchinson":
             self._draw_probes(x.shape[0], x)
-        with torch.enable_grad():
-            model = at_time(self.model, t)
-            loss = optimize(lambda: implicit_score_matching(model, x, self.divergence, self.probes)[0], self.optimizer, self.inner_steps)
+        model = at_time(self.model, t)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        n, m = x.shape[0], self.local_batch(x.shape[0])
+        total = self._total(m)
+        for _ in range(self.inner_steps):
+            xb, pb = x, self.probes
+            if m < n:  # a fresh mini-batch for every optimizer step (the paper's scheme)
+                idx = torch.randperm(n, generator=self.batch_generator)[:m].to(x.device)
+                xb, pb = x[idx], (None if pb is None else pb[:, idx])
+            loss, grads, _, _ = score_matching_grad(model, xb, params, self.divergence, pb, total=total, chunk=self.chunk)
+            loss, *grads = self._reduce([loss.reshape(1), *grads])
+            for p, g in zip(params, grads):
+                p.grad = g
+            self.optimizer.step()
         self.train_steps += self.inner_steps
         self.last_loss = float(loss)
         if self.check_finite and not torch.isfinite(loss):
@@ -490,14 +646,10 @@ class SBTMSteps(_Base):
         x = self.split(y).detach()
         if self.check_finite and not torch.isfinite(x).all():
             return self._nonfinite(t, y, "the particles", "lower dt or lr, or use an adaptive solver")
-        with torch.no_grad():
-            probes = self._need_probes(x)
-            model = at_time(self.model, t)
-            if self.track_logdensity:
-                s, div = divergence(model, x, self.divergence, probes)
-            else:
-                s, div = model(x), None
-            v, dl = particle_rates(self.path, t, x, s, div, self.check_finite, probes)
+        probes = self._need_probes(x)
+        model = at_time(self.model, t)
+        v, dl = passive_rates(self.path, t, x, model, self.divergence, probes, self.track_logdensity, self.check_finite,
+                              self.chunk)
         held_out = self._holdout_rates(t, y, model)
         parts = [v.reshape(-1)] if dl is None else [v.reshape(-1), dl]
         return torch.cat(parts + held_out)

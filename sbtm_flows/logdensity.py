@@ -119,18 +119,30 @@ def normalised_weights(log_w: Tensor) -> Tensor:
     return torch.softmax(log_w.to(torch.float64), 0)
 
 
-def density_diagnostics(log_target: Tensor, log_density: Tensor, log_Z: float | None = None) -> dict[str, float]:
+def density_diagnostics(log_target: Tensor, log_density: Tensor, log_Z: float | None = None, comm=None) -> dict[str, float]:
     """``kl_plus_logz``, ``log_z``, ``ess`` (and ``kl`` when ``log_Z`` is given) from
     log π̃(X) ``(n,)`` and the tracked log f(X) ``(n,)``; see the module docstring.
+
+    With a :class:`~sbtm_flows.distributed.Comm` each rank passes its shard and all get the
+    values over all N particles: with M = max log w over the ranks, S_k = Σ exp(k(log w − M)),
+    log Z ≈ M + log S₁ − log N and ESS = S₁² / (N S₂) (one max and one sum all-reduce).
 
     Non-finite values of log π̃ − ℓ (a particle where π̃ = 0) propagate as NaN/inf into
     the numbers rather than being dropped silently."""
     lw = log_weights(log_target, log_density)
-    out = {
-        "kl_plus_logz": float(-lw.mean()),
-        "log_z": log_z_estimate(lw),
-        "ess": effective_sample_size(lw),
-    }
+    if comm is None:
+        out = {
+            "kl_plus_logz": float(-lw.mean()),
+            "log_z": log_z_estimate(lw),
+            "ess": effective_sample_size(lw),
+        }
+    else:
+        top = comm.max(lw.max().reshape(1))
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        e = torch.exp(lw - top)
+        s0, s1, s2 = comm.sum(torch.stack([lw.sum(), e.sum(), (e * e).sum()])).tolist()
+        n = comm.count(lw.shape[0])
+        out = {"kl_plus_logz": -s0 / n, "log_z": float(top) + math.log(s1) - math.log(n), "ess": s1 * s1 / (n * s2)}
     if log_Z is not None:
         out["kl"] = out["kl_plus_logz"] + float(log_Z)
     return out

@@ -33,7 +33,8 @@ class ScoreDiagnostics:
 
     def __call__(self, sampler: Any, state: Any, t: float, k: int) -> dict:
         v = sampler.view(state, t)
-        return score_diagnostics(sampler.path, v.score_fn, v.x, t, sampler.dyn.divergence, sampler.probes(v.x))
+        x, probes = sampler.diagnostic_particles(v)  # (a fixed subset: the diagnostics are means)
+        return score_diagnostics(sampler.path, v.score_fn, x, t, sampler.dyn.divergence, probes, sampler.cfg.chunk, sampler.comm)
 
     def finish(self, packed: dict) -> None:
         """Adds ``kl_decrease`` / ``kl_decrease_learned`` ``(T,)`` to ``packed["diagnostics"]``."""
@@ -64,7 +65,7 @@ class DensityDiagnostics:
 
     def __call__(self, sampler: Any, state: Any, t: float, k: int) -> dict:
         v = sampler.view(state, t)
-        dens = density_diagnostics(self.log_target(v.x), v.log_density, self.log_Z)
+        dens = density_diagnostics(self.log_target(v.x), v.log_density, self.log_Z, sampler.comm)
         if v.holdout_x is None:
             return dens
         keep = ~(v.holdout_lost | v.holdout_escaped)

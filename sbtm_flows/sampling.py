@@ -26,6 +26,8 @@ from torch import Tensor
 from .checkpoint import Checkpoint, target_fingerprint
 from .compat import TORCHDIFFEQ_SOLVERS
 from .config import ADAPTIVE_OPTIONS, SBTMConfig, build_config
+from .distributed import current as current_comm
+from .distributed import is_main_process, rank_path, shard_rows
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
 from .guards import FiniteTargetGuard, ParticleStiffness, holdout_outliers
@@ -101,7 +103,8 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
     config_dict = cfg.to_dict()
     ckpt = None
     if cfg.checkpoint is not None:  # the network is fingerprinted by content before the run trains it
-        ckpt = Checkpoint(cfg.checkpoint, {**cfg.fields(), "score_model": model}, target_fingerprint(path, x0, cfg.t0, cfg.t_final))
+        ckpt = Checkpoint(rank_path(cfg.checkpoint, sampler.comm), {**cfg.fields(), "score_model": model},
+                          target_fingerprint(path, x0, cfg.t0, cfg.t_final))
     stop = None
     if cfg.stop_fisher is not None:
         def stop(t: float, diag: dict) -> str | None:
@@ -110,7 +113,7 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
             return None
     return run(sampler, lambda: sampler.init(x0, cfg.t0, gen, holdout=xh0), grid[out_idx], observers=sampler.observers(),
                stop=stop, checkpoint=ckpt,
-               checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, progress=cfg.progress, method="sbtm",
+               checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, progress=cfg.progress and is_main_process(), method="sbtm",
                config=config_dict, info={"training": cfg.training})
 
 
@@ -156,6 +159,8 @@ class SBTMView:
     log_density: Tensor | None
     holdout_x: Tensor | None
     holdout_log_density: Tensor | None
+    x_all: Tensor | None = None
+    log_density_all: Tensor | None = None
     _lost: Tensor | None = None
     _escaped: Tensor | None = None
 
@@ -171,7 +176,8 @@ class SBTMView:
         """Held-out particles (not lost) far outside the training cloud, in x or ℓ, ``(m,)`` bool
         (:func:`~sbtm_flows.guards.holdout_outliers`)."""
         if self._escaped is None:
-            self._escaped = holdout_outliers(self.x, self.holdout_x, self.log_density, self.holdout_log_density) & ~self.holdout_lost
+            self._escaped = holdout_outliers(self.x_all, self.holdout_x, self.log_density_all,
+                                             self.holdout_log_density) & ~self.holdout_lost
         return self._escaped
 
 
@@ -205,6 +211,7 @@ class SBTMSampler:
             self.dyn = SBTMSteps(path, model, inner_steps=cfg.inner_steps, optimizer=cfg.optimizer, lr=cfg.lr, **common)
         self.dyn.max_nfe = cfg.max_nfe
         self.dyn.reject_nonfinite = not self.fixed
+        self._scale(generator, eta)
         self.log_target = target_log_prob(path) if cfg.track_logdensity else None
         self.monitor = None
         self.spectral = spectral_estimator(cfg.solver, cfg.solver_options, generator)
@@ -221,6 +228,30 @@ class SBTMSampler:
         if cfg.stiffness_check and self.fixed and stable is not None:
             self.xstiff = ParticleStiffness(path, cfg.solver, stable, "sbtm", generator=torch.Generator().manual_seed(0))
 
+    def _scale(self, generator: torch.Generator, eta) -> None:
+        """Batch, chunk and, under torch.distributed, the communicator (checked: fixed-step
+        solvers, no NTK tools), with the rank's own mini-batch and Hutchinson-probe generators
+        (the shared stream ``generator`` stays equal on all ranks)."""
+        cfg, self.comm, self.gen = self.cfg, current_comm(), generator
+        if self.comm is not None:
+            _check_distributed(cfg.solver, self.fixed, cfg.record_ntk_every, eta)
+        self.rank = 0 if self.comm is None else self.comm.rank
+        self.dyn.configure_scale(cfg.batch, cfg.chunk, self.comm,
+                                 batch_seed=splitmix64(generator.initial_seed() + 0x5BD1E995 + self.rank))
+        if self.comm is not None:
+            self.dyn.generator = torch.Generator().manual_seed(splitmix64(generator.initial_seed() + 0x27D4EB2F + self.rank))
+        self.rows, self.diag_rows = None, None
+
+    def shard(self, n: int) -> slice:
+        """This process's rows of the n particles (all of them in one process) and the fixed
+        subset of them the score diagnostics average over (``diagnostics_sample``)."""
+        self.rows = slice(0, n) if self.comm is None else shard_rows(n, self.comm.rank, self.comm.world)
+        self.diag_rows = _diagnostic_rows(self.rows.stop - self.rows.start, n, self.cfg.diagnostics_sample, self.gen,
+                                          self.rank, self.device)
+        self.info.update({"batch": n if self.cfg.batch is None else min(self.cfg.batch, n),
+                          "ranks": 1 if self.comm is None else self.comm.world})
+        return self.rows
+
     # ---- the Sampler protocol ---------------------------------------------------------
     def init(self, x0: Tensor, t0: float, generator: torch.Generator, holdout=(None, None)) -> SBTMState:
         """Fit s_Θ to ∇log f_0 at X₀ ``(n, d)`` (``info["init_fit"]``), build the state (with the
@@ -230,17 +261,21 @@ class SBTMSampler:
         if self.xstiff is not None:  # before the fit: a step the particles cannot take is refused at once
             self.xstiff.start(x0, t0, float(self.grid[1] - self.grid[0]))
         log_f0 = initial_log_density(self.init_target, x0) if cfg.track_logdensity else None
+        n = x0.shape[0]
+        rows = self.shard(n)
         t_fit = time.perf_counter()
-        if cfg.init_steps > 0:
+        if cfg.init_steps > 0:  # on `batch` random particles, the same on every rank
+            x_fit = x0 if dyn.local_batch(n) >= n else x0[_fit_rows(n, cfg.batch, generator)]
             fit_probes = None
             if dyn.divergence == "hutchinson":
-                dyn._draw_probes(x0.shape[0], x0)
+                dyn._draw_probes(x_fit.shape[0], x_fit)
                 fit_probes = dyn.probes
-            init_score = self.init_target.score(x0) if self.init_target is not None else None
-            self.info["init_fit"] = fit_score(self.model, x0, init_score, steps=int(cfg.init_steps), tol=cfg.init_tol,
+            init_score = self.init_target.score(x_fit) if self.init_target is not None else None
+            self.info["init_fit"] = fit_score(self.model, x_fit, init_score, steps=int(cfg.init_steps), tol=cfg.init_tol,
                                               divergence=dyn.divergence, probes=fit_probes, t=t0)
         self.info["init_fit_seconds"] = time.perf_counter() - t_fit
-        y = dyn.initial_state(x0, log_density0=log_f0, holdout_x0=holdout[0], holdout_log_density0=holdout[1])
+        y = dyn.initial_state(x0[rows], log_density0=None if log_f0 is None else log_f0[rows],
+                              holdout_x0=holdout[0], holdout_log_density0=holdout[1])
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
             self.spectral.head = dyn.training_length(y)
         if cfg.training == "flow" and self.spectral is None:
@@ -259,6 +294,7 @@ class SBTMSampler:
             dyn.eta.ceiling = stability_ceiling(dyn, y, h_max, eta_limit(cfg.solver), generator=generator, t=t0)
             self.info["ntk_eta_ceiling"] = dyn.eta.ceiling
         if cfg.stiffness_check or self.monitor is not None:
+            dyn.choose_batch(dyn.n_particles(y), 0)
             prerun_check(dyn, y, cfg.solver, h, t0, cfg.t_final, generator, self.monitor)
 
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
@@ -269,6 +305,8 @@ class SBTMSampler:
         options = dict(cfg.solver_options or {})
         if self.spectral is not None:
             options["spectral"] = self.spectral
+        if cfg.training == "flow":  # the training subset of this output interval
+            self.dyn.choose_batch(self.dyn.n_particles(state.y), self._k[t0])
         if not self.fixed:
             if self.monitor is not None:
                 self.monitor.check(state.y, t0, cfg.dt, self._k[t0] * int(cfg.save_every))
@@ -287,8 +325,9 @@ class SBTMSampler:
         return SBTMState(y)
 
     def particles(self, state: SBTMState) -> Tensor:
-        """The training particles X ``(n, d)``."""
-        return self.dyn.split(state.y)[0] if self.cfg.training == "flow" else self.dyn.split(state.y)
+        """The training particles X ``(n, d)`` (all ranks' rows, gathered in order, under torch.distributed)."""
+        x = self.dyn.split(state.y)[0] if self.cfg.training == "flow" else self.dyn.split(state.y)
+        return x if self.comm is None else self.comm.gather_rows(x)
 
     def nfe(self, state: SBTMState) -> int:
         """Right-hand-side evaluations so far."""
@@ -305,10 +344,11 @@ class SBTMSampler:
             "eta_ceiling": getattr(getattr(dyn, "eta", None), "ceiling", None),
             "stiffness_x": None if self.xstiff is None else self.xstiff.state_dict(),
             "spectral": None if self.spectral is None else self.spectral.state_dict(),
+            "n": int(self.particles(state).shape[0]),
         }
         for name in ("probes", "holdout_probes"):
             blob[name] = None if getattr(dyn, name) is None else getattr(dyn, name).cpu()
-        for name in ("generator", "holdout_generator"):
+        for name in ("generator", "holdout_generator", "batch_generator"):
             blob[name] = None if getattr(dyn, name) is None else getattr(dyn, name).get_state()
         if self.cfg.training == "steps":
             blob["model"] = {k: v.detach().cpu() for k, v in dyn.model.state_dict().items()}
@@ -321,11 +361,12 @@ class SBTMSampler:
         dyn = self.dyn
         y = blob["y"].to(device=self.device)
         dyn.nfe = int(blob["nfe"])
+        self.shard(int(blob["n"]))
         self.info.update(blob["info"])
         for name in ("probes", "holdout_probes"):
             if blob.get(name) is not None:
                 setattr(dyn, name, blob[name].to(y))
-        for name in ("generator", "holdout_generator"):
+        for name in ("generator", "holdout_generator", "batch_generator"):
             if blob.get(name) is not None and getattr(dyn, name) is not None:
                 getattr(dyn, name).set_state(blob[name])
         if self.monitor is not None:
@@ -355,7 +396,9 @@ class SBTMSampler:
         else:
             x, theta, fn = dyn.split(y), flatten_params(self.model), at_time(self.model, t)
         xh, logdh = dyn.split_holdout(y) if self.cfg.holdout else (None, None)
-        v = SBTMView(self, y, t, x, theta, fn, dyn.log_density(y), xh, logdh)
+        logd, comm = dyn.log_density(y), self.comm
+        v = SBTMView(self, y, t, x, theta, fn, logd, xh, logdh, x_all=x if comm is None else comm.gather_rows(x),
+                     log_density_all=logd if comm is None or logd is None else comm.gather_rows(logd))
         self._view = (state, t, v)
         return v
 
@@ -363,10 +406,18 @@ class SBTMSampler:
         """The Hutchinson probes ``(m, n, d)`` of the training particles (``None`` for the exact divergence)."""
         return self.dyn._need_probes(x)
 
+    def diagnostic_particles(self, v: SBTMView) -> tuple[Tensor, Tensor | None]:
+        """``(X (k, d), probes (m, k, d) or None)``: the particles the score diagnostics are means
+        over — a fixed random subset of ``diagnostics_sample`` of them, or all — and their probes."""
+        x, probes = v.x, self.probes(v.x)
+        if self.diag_rows is None:
+            return x, probes
+        return x[self.diag_rows], (None if probes is None else probes[:, self.diag_rows])
+
     def observe(self, state: SBTMState, t: float, k: int) -> dict:
         """The series at output time t_k: Θ, ℓ and the held-out block (the diagnostics are observers')."""
         v = self.view(state, t)
-        return {"thetas": v.theta, "log_density_trajectory": v.log_density, "holdout_trajectory": v.holdout_x,
+        return {"thetas": v.theta, "log_density_trajectory": v.log_density_all, "holdout_trajectory": v.holdout_x,
                 "holdout_log_density_trajectory": v.holdout_log_density}
 
     def observers(self) -> list:
@@ -465,6 +516,41 @@ def spectral_estimator(solver: str, solver_options: dict | None, gen: torch.Gene
     if spectral is None:
         spectral = SpectralRadius(generator=torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x5BD1E995)))
     return spectral
+
+
+def _diagnostic_rows(n_local: int, n: int, sample: int | None, gen: torch.Generator, rank: int, device) -> Tensor | None:
+    """The rows of this process's particles on which the score diagnostics are computed: None
+    (all) when ``sample`` is None or ≥ n, else a fixed random subset of the local share
+    ⌈sample·n_local/n⌉ (drawn once, from a generator derived from ``gen``'s seed and the rank)."""
+    if sample is None or sample >= n:
+        return None
+    k = min(n_local, -(-sample * n_local // n))
+    g = torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x68E31DA4 + rank))
+    return torch.randperm(n_local, generator=g)[:k].sort().values.to(device)
+
+
+def _fit_rows(n: int, m: int, gen: torch.Generator) -> Tensor:
+    """m of n rows for the initial fit, drawn by a generator derived from ``gen``'s seed (the
+    same on every rank, and without consuming ``gen``)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(splitmix64(gen.initial_seed() + 0x1B873593)))[:m]
+
+
+def _check_distributed(solver: str, fixed: bool, record_ntk_every, eta) -> None:
+    """Refuse what a data-parallel (sharded) SBTM run does not support, naming the way out.
+    (Held-out particles are not sharded but replicated: every rank moves all of them alike.)"""
+    if not fixed:
+        raise ValueError(
+            f"solver {solver!r} is adaptive: under torch.distributed each rank would choose its own step sizes from its "
+            "own shard's error norm, and the ranks' Θ would drift apart. Use a fixed-step solver (heun2, rk4, ...) for "
+            "data-parallel runs, or run in one process")
+    if solver == "rkc":
+        raise ValueError(
+            "solver 'rkc' picks its stage count from a spectral estimate of each rank's own shard, so the ranks would take "
+            "different steps and their Θ would drift apart: use solver='heun2' (with a stable eta, e.g. eta='auto') for "
+            "data-parallel runs, or run in one process")
+    if record_ntk_every is not None or getattr(eta, "needs_state", False):
+        raise ValueError("the NTK tools (record_ntk_every, eta='ntk') need all particles in one process: run without "
+                         "torch.distributed")
 
 
 def resolve_training(target, solver: str | None, record_ntk_every: int | None = None) -> str:

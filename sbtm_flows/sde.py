@@ -18,6 +18,13 @@ from torchsde's own tables).  ``"euler"`` (Euler–Maruyama) is ULA.
 ``torchsde.BrownianInterval`` whose entropy is a fixed function of the run's seed and k, so
 the same seed gives bitwise the same particles, and a run resumed from a checkpoint at t_k
 draws exactly the Brownian increments the uninterrupted run would have drawn.
+
+The particles' Brownian motions come in row blocks (:func:`noise_blocks`: one block up to
+4096 particles, at most 256 blocks), each block a ``BrownianInterval`` with its own entropy
+(:class:`BlockBrownian`).  So a data-parallel run (``torch.distributed``, see
+:mod:`sbtm_flows.distributed`), in which each rank holds whole blocks, draws bitwise the
+increments of the single-process run: ULA shards trivially, with no communication but the
+gathering of the particles at output times.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from torch import Tensor
 from .checkpoint import Checkpoint, target_fingerprint
 from .compat import TORCHSDE_METHODS, torchsde_method
 from .config import ULAConfig, build_config
+from .distributed import current as current_comm
+from .distributed import is_main_process, rank_path
 from .dynamics import particle_rates
 from .errors import SamplingError
 from .guards import FiniteTargetGuard, ParticleStiffness
@@ -40,7 +49,12 @@ from .paths import Path, as_path
 from .result import Result
 from .sampling import METHODS
 
-__all__ = ["LangevinSDE", "SDE_SOLVERS", "ULASampler", "ULAState", "run_ula", "uniform_runs", "chunk_entropy"]
+__all__ = ["LangevinSDE", "SDE_SOLVERS", "ULASampler", "ULAState", "run_ula", "uniform_runs", "chunk_entropy",
+           "noise_blocks", "BlockBrownian"]
+
+#: Noise blocks: at least this many rows each, and at most NOISE_BLOCKS_MAX blocks.
+NOISE_BLOCK_MIN = 4096
+NOISE_BLOCKS_MAX = 256
 
 _ADJOINT_ONLY = {"adjoint_reversible_heun"}
 
@@ -126,6 +140,70 @@ def chunk_entropy(base: int, k: int) -> int:
     return splitmix64(int(base) * 0x9E3779B97F4A7C15 + int(k) + 1) % (2**31 - 1)
 
 
+def noise_blocks(n: int) -> list[slice]:
+    """The row blocks of n particles' Brownian motions: blocks of B = max(4096, ⌈n/256⌉) rows
+    (the last one shorter); a function of n alone, so the noise does not depend on the number
+    of processes."""
+    size = max(NOISE_BLOCK_MIN, -(-n // NOISE_BLOCKS_MAX))
+    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def block_entropy(interval_entropy: int, b: int) -> int:
+    """Entropy of noise block b in an output interval (block 0 keeps the interval's own, so a run
+    of up to 4096 particles has the Brownian motion of one BrownianInterval of its size)."""
+    return interval_entropy if b == 0 else splitmix64(int(interval_entropy) * 0x9E3779B97F4A7C15 + b) % (2**31 - 1)
+
+
+class BlockBrownian(torchsde.BaseBrownian):
+    """Brownian motions of several row blocks side by side: ``bm(ta, tb)`` is the blocks'
+    increments concatenated along the rows, ``(Σ rows, d)`` (and likewise their space-time Lévy
+    areas when a solver asks for them)."""
+
+    __slots__ = ("bms",)
+
+    def __init__(self, bms: list):
+        if not bms:
+            raise ValueError("BlockBrownian needs at least one block")
+        self.bms = list(bms)
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        outs = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self.bms]
+        if len(outs) == 1:
+            return outs[0]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs))
+        return torch.cat(outs)
+
+    def __repr__(self) -> str:
+        return f"BlockBrownian({len(self.bms)} blocks, shape={self.shape})"
+
+    @property
+    def dtype(self):
+        return self.bms[0].dtype
+
+    @property
+    def device(self):
+        return self.bms[0].device
+
+    @property
+    def shape(self):
+        return torch.Size((sum(bm.shape[0] for bm in self.bms), *self.bms[0].shape[1:]))
+
+    @property
+    def levy_area_approximation(self):
+        return self.bms[0].levy_area_approximation
+
+
+def _my_blocks(n: int, comm) -> list[tuple[int, slice]]:
+    """``[(b, rows)]``: the noise blocks of this process (all of them in one process, or when there
+    are fewer blocks than ranks — n < 4096·R: then every rank runs every particle, alike; rank r
+    of R holds blocks ⌊r·nb/R⌋ … ⌊(r+1)·nb/R⌋ − 1)."""
+    blocks = list(enumerate(noise_blocks(n)))
+    if comm is None or len(blocks) < comm.world:
+        return blocks
+    return blocks[comm.rank * len(blocks) // comm.world : (comm.rank + 1) * len(blocks) // comm.world]
+
+
 def uniform_runs(ts: Tensor, rtol: float = 1e-6) -> list[tuple[int, int]]:
     """Split a grid ``(m,)`` into maximal runs of equal steps (relative tolerance ``rtol``):
     index pairs ``(a, b)`` with ts[a:b+1] uniform.  A uniform grid is one run."""
@@ -170,12 +248,13 @@ def run_ula(target, config: ULAConfig | None = None, **kwargs) -> Result:
     sampler = ULASampler(path, grid, grid[out_idx], cfg.sde_solver, cfg.solver_options, cfg.max_nfe, device=device,
                          stiffness_check=cfg.stiffness_check)
     config_dict = cfg.to_dict()
+    sampler.shard(x0.shape[0])  # this process's rows under torch.distributed (before the checkpoint's name)
     ckpt = None
     if cfg.checkpoint is not None:
-        ckpt = Checkpoint(cfg.checkpoint, cfg.fields(), target_fingerprint(path, x0, cfg.t0, cfg.t_final))
+        ckpt = Checkpoint(rank_path(cfg.checkpoint, sampler.comm), cfg.fields(), target_fingerprint(path, x0, cfg.t0, cfg.t_final))
     return run(sampler, sampler.init(x0, cfg.t0, gen), grid[out_idx], observers=[FiniteTargetGuard(path)], checkpoint=ckpt,
                checkpoint_every=cfg.checkpoint_every,
-               resume=cfg.resume, progress=cfg.progress, method="ula", config=config_dict,
+               resume=cfg.resume, progress=cfg.progress and is_main_process(), method="ula", config=config_dict,
                info={"diagnostics": _NO_DIAGNOSTICS})
 
 _NO_DIAGNOSTICS = (
@@ -212,17 +291,28 @@ class ULASampler:
         self._where = grid_index(self.grid)
         self._interval = grid_index(times.to(torch.float64))
         self.device = torch.device(device)
+        self.comm = current_comm()
+        self.blocks, self.rows = [], slice(0, 0)
 
     def init(self, x0: Tensor, t0: float, generator: torch.Generator) -> ULAState:
-        """State at t0: X₀ ``(n, d)`` and a base entropy drawn from ``generator`` (after the
-        particle-block stiffness check at X₀)."""
+        """State at t0: X₀ ``(n, d)`` (this process's noise blocks of it under torch.distributed)
+        and a base entropy drawn from ``generator`` (after the particle-block stiffness check at X₀)."""
         if self.stiffness is not None:
             self.stiffness.start(x0, t0, float(self.grid[1] - self.grid[0]))
-        return ULAState(x0, int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        self.shard(x0.shape[0])
+        return ULAState(x0[self.rows], int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+
+    def shard(self, n: int) -> None:
+        """This process's noise blocks of n particles (:func:`_my_blocks`) and their rows; the
+        communicator is dropped when every rank runs every particle (too few to shard)."""
+        self.blocks = _my_blocks(n, self.comm)
+        if self.comm is not None and len(self.blocks) == len(noise_blocks(n)):
+            self.comm = None
+        self.rows = slice(self.blocks[0][1].start, self.blocks[-1][1].stop)
 
     def particles(self, state: ULAState) -> Tensor:
-        """X ``(n, d)``."""
-        return state.x
+        """X ``(n, d)`` (all ranks' rows, gathered in order, under torch.distributed)."""
+        return state.x if self.comm is None else self.comm.gather_rows(state.x)
 
     def nfe(self, state: ULAState) -> int:
         """Drift evaluations so far."""
@@ -230,7 +320,7 @@ class ULASampler:
 
     def state_dict(self, state: ULAState) -> dict:
         """Particles, base entropy and the evaluation count."""
-        return {"x": state.x.detach().cpu(), "entropy": state.entropy, "nfe": self.sde.nfe,
+        return {"x": state.x.detach().cpu(), "entropy": state.entropy, "nfe": self.sde.nfe, "n": self.particles(state).shape[0],
                 "stiffness_x": None if self.stiffness is None else self.stiffness.state_dict()}
 
     def load_state_dict(self, blob: dict) -> ULAState:
@@ -238,6 +328,8 @@ class ULASampler:
         self.sde.nfe = int(blob["nfe"])
         if self.stiffness is not None and blob.get("stiffness_x") is not None:
             self.stiffness.load_state_dict(blob["stiffness_x"])
+        if not self.blocks:  # (this rank's rows: the checkpoint holds its shard)
+            self.shard(int(blob["n"]))
         return ULAState(blob["x"].to(self.device), int(blob["entropy"]))
 
     @torch.no_grad()
@@ -247,12 +339,12 @@ class ULASampler:
         ts = self.grid[i0 : i1 + 1]
         y = state.x
         if self.stiffness is not None:  # every 50 steps, looked at output times
-            self.stiffness.check(y, float(ts[0]), float(ts[1] - ts[0]), i0)
+            self.stiffness.check(self.particles(state), float(ts[0]), float(ts[1] - ts[0]), i0)
         k = self._interval[t0]
-        bm = torchsde.BrownianInterval(
-            t0=float(ts[0]), t1=float(ts[-1]), size=tuple(y.shape), dtype=y.dtype, device=y.device,
-            entropy=chunk_entropy(state.entropy, k), dt=float((ts[1:] - ts[:-1]).max()), levy_area_approximation=self.levy,
-        )
+        bm = BlockBrownian([torchsde.BrownianInterval(
+            t0=float(ts[0]), t1=float(ts[-1]), size=(r.stop - r.start, y.shape[1]), dtype=y.dtype, device=y.device,
+            entropy=block_entropy(chunk_entropy(state.entropy, k), b), dt=float((ts[1:] - ts[:-1]).max()),
+            levy_area_approximation=self.levy) for b, r in self.blocks])
         for a, b in uniform_runs(ts):
             span = ts[[a, b]]
             step = float(span[1] - span[0]) / (b - a) * (1.0 + 1e-9)  # lands exactly on ts[b]
@@ -272,7 +364,8 @@ class ULASampler:
         if self.stiffness is not None:
             info["stiffness_x"] = self.stiffness.record()
         info.update({"sde_type": self.sde_type, "levy_area_approximation": self.levy,
-                     "brownian_entropy": state.entropy, "n_steps": int(self.grid.numel() - 1)})
+                     "brownian_entropy": state.entropy, "n_steps": int(self.grid.numel() - 1),
+                     "ranks": 1 if self.comm is None else self.comm.world})
         return {}
 
 

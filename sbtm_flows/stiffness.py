@@ -99,15 +99,13 @@ def hessian_max_eigenvalue(
     (``t``: the time, for a time-conditioned score model).
     """
     x, theta = flow.split(y)
-    x = x.detach()
-    th = theta.detach().clone().requires_grad_(True)
-    grad = flow.loss_and_grad(x, th, create_graph=True, t=t)[1]
+    hvp = flow.hvp(flow.training_rows(x.detach())[0], theta, t)
     q = torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(theta) if v0 is None else v0.to(theta)
     q = q / q.norm()
     qs, alphas, betas = [], [], []
     q_prev, beta = torch.zeros_like(q), 0.0
     for _ in range(max(1, iters)):
-        (w,) = torch.autograd.grad(grad, th, q, retain_graph=True)
+        w = hvp(q)
         if not torch.isfinite(w).all():
             break
         alpha = float(w @ q)

@@ -34,7 +34,8 @@ def log_n01(x: torch.Tensor, v) -> torch.Tensor:
 
 
 def run51(**kw) -> sf.Result:
-    """Paper 5.1: π = N(0,1), f_0 = N(0, 1 − e^{−0.2}), n = 1000, exact divergence, rkc (the flow default; heun2 crosses its stability limit at η = 5 near t = 0.6), dt = 0.01, T = 2."""
+    """Paper 5.1: π = N(0,1), f_0 = N(0, 1 − e^{−0.2}), n = 1000, exact divergence, dt = 0.01, T = 2,
+    rkc (the flow's default; heun2 crosses its stability limit at η = 5 near t = 0.6)."""
     args = dict(
         init=sf.Gaussian(torch.zeros(1), v51(0.0)), n=1000, divergence="exact", solver="rkc", dt=0.01,
         t_final=2.0, track_logdensity=True, seed=1, eta=5.0,

@@ -16,9 +16,9 @@ def _net(d, seed=0):
 
 
 @pytest.mark.parametrize("d", [1, 3])
-def test_exact_divergence_matches_jacobian_trace(d):
-    net = _net(d)
-    x = torch.randn(7, d, dtype=D64)
+def test_exact_divergence_matches_jacobian_trace(d, device):
+    net = _net(d).to(device)
+    x = torch.randn(7, d, dtype=D64).to(device)
     s, div = divergence(net, x, "exact")
     ref = torch.stack([torch.trace(torch.autograd.functional.jacobian(lambda z: net(z[None])[0], xi)) for xi in x])
     torch.testing.assert_close(div, ref, rtol=1e-10, atol=1e-10)
