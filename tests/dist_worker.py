@@ -22,7 +22,7 @@ def cases() -> dict:
         "steps": dict(base, training="steps", batch=None),
         "flow": dict(base, training="flow", solver="heun2", batch=None),
         "steps_batch": dict(base, training="steps", batch=64),
-        "flow_holdout": dict(base, training="flow", batch=None, holdout=40, track_logdensity=True, t_final=0.1),
+        "flow_holdout": dict(base, training="flow", solver="heun2", batch=None, holdout=40, track_logdensity=True, t_final=0.1),
         "ula": dict(target=target, init=init, n=8300, t_final=0.1, dt=0.01, method="ula", seed=5),
     }
 
@@ -36,7 +36,7 @@ def main(out: str) -> None:
         for key in ("fisher", "log_z_train", "log_z"):
             results[f"{name}_{key}"] = torch.as_tensor(res.diagnostics[key]) if key in res.diagnostics else None
     refused = {}
-    for name, kw in (("adaptive", dict(cases()["flow"], solver="dopri5")),):
+    for name, kw in (("adaptive", dict(cases()["flow"], solver="dopri5")), ("rkc", dict(cases()["flow"], solver="rkc"))):
         try:
             sf.sample(**kw)
             refused[name] = ""

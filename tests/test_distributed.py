@@ -93,6 +93,7 @@ def test_two_processes_ula_bitwise(two_ranks, single):
 def test_refusals_name_the_way_out(two_ranks):
     refused = two_ranks["refused"]
     assert "fixed-step solver" in refused["adaptive"] and "dopri5" in refused["adaptive"]
+    assert "each rank's own shard" in refused["rkc"] and "solver='heun2'" in refused["rkc"]
 
 
 def test_shard_rows_cover_in_order():
