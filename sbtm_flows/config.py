@@ -32,7 +32,7 @@ __all__ = ["RunConfig", "SBTMConfig", "ULAConfig", "CONFIGS", "build_config", "T
 
 TRAININGS = ("flow", "steps", "auto")
 #: Options of the coupled flow (training="flow") and their defaults.
-FLOW_OPTIONS: dict[str, Any] = {"eta": 5.0, "record_ntk_every": None, "ntk_reference": None}
+FLOW_OPTIONS: dict[str, Any] = {"eta": 5.0, "record_ntk_every": None, "ntk_reference": None, "theta_flow": "gd"}
 #: Options of the discrete training (training="steps") and their defaults.
 STEPS_OPTIONS: dict[str, Any] = {"inner_steps": 5, "optimizer": "adam", "lr": 1e-3}
 #: Options of adaptive solvers and their defaults.
@@ -135,7 +135,11 @@ class SBTMConfig(RunConfig):
             fixed-step solvers only) or ``"auto"`` (default: ``"steps"`` on a dilation path with a
             fixed-step solver, ``"flow"`` otherwise, unless options of one training are given; see
             :meth:`resolved`).
-        eta: η of the flow: a number (default 5), a callable of t, ``"auto"``
+        theta_flow: the Θ dynamics of the flow (:mod:`sbtm_flows.theta_flow`): ``"gd"`` (default,
+            dΘ/dt = −η∇_ΘL), ``"rmsprop"`` (dΘ/dt = −η∇_ΘL/√(v + ε²) with the running second
+            moment v of the gradient in the ODE state, per parameter tensor) or a
+            ``GradientFlow`` / ``RMSpropFlow`` instance (τ, ε, per tensor or per parameter).
+        eta: η of the flow: a number (default 5 for ``"gd"``, ``DEFAULT_ETA["rmsprop"]`` for ``"rmsprop"``), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.stiffness.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
             :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
@@ -206,6 +210,7 @@ class SBTMConfig(RunConfig):
     eta: Any = None
     record_ntk_every: int | None = None
     ntk_reference: Callable | None = None
+    theta_flow: Any = None
     inner_steps: int | None = None
     optimizer: str | None = None
     lr: float | None = None
@@ -273,12 +278,29 @@ class SBTMConfig(RunConfig):
                 "before that training), so its error estimate sees the training jump and the step size collapses. Use "
                 "training='flow' (Θ in the ODE state) with adaptive solvers"
             )
+        if self.training == "flow":
+            self._check_theta_flow()
         _fill(self, FLOW_OPTIONS if self.training == "flow" else STEPS_OPTIONS)
         check_positive("record_ntk_every", self.record_ntk_every, integer=True, allow_none=True)
         if self.training == "steps":
             check_positive("lr", self.lr)
             if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 0:
                 raise ValueError(f"inner_steps must be a non-negative integer, got {self.inner_steps!r}")
+
+    def _check_theta_flow(self) -> None:
+        """Validate ``theta_flow`` (its default ``"gd"``) and give η the Θ dynamics' default
+        (:data:`~sbtm_flows.theta_flow.DEFAULT_ETA`: η is a rate per unit curvature for ``"gd"``, a
+        parameter speed for ``"rmsprop"``); the NTK tools assume the plain gradient flow."""
+        from .theta_flow import DEFAULT_ETA, resolve_theta_flow
+
+        flow = resolve_theta_flow("gd" if self.theta_flow is None else self.theta_flow)
+        if flow.name != "gd":
+            ntk = self.eta == "ntk" or getattr(self.eta, "needs_state", False) or self.record_ntk_every is not None
+            if ntk:
+                raise ValueError(f"theta_flow={flow!r} with the NTK tools (eta='ntk', record_ntk_every): Theorem 3.5's "
+                                 "condition is for the plain gradient flow; use theta_flow='gd' with them")
+        if self.eta is None:
+            self.eta = DEFAULT_ETA[flow.name]
 
     def resolved(self, path) -> "SBTMConfig":
         """The configuration with ``training="auto"`` resolved on ``path``: ``"flow"`` when a

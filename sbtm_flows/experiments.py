@@ -119,6 +119,7 @@ def _common_metrics(sbtm: Result, ula: Result) -> dict:
     return {
         "sbtm_training": sbtm.info.get("training"),
         "sbtm_solver": sbtm.info.get("solver"),
+        "sbtm_theta_flow": sbtm.info.get("theta_flow"),
         "sbtm_wall_time_s": sbtm.wall_time,
         "sbtm_nfe": sbtm.nfe,
         "ula_wall_time_s": ula.wall_time,

@@ -206,7 +206,7 @@ class SBTMSampler:
         common = dict(divergence=cfg.divergence, probes=cfg.probes, generator=generator,
                       track_logdensity=cfg.track_logdensity, holdout=cfg.holdout, holdout_generator=holdout_generator)
         if cfg.training == "flow":
-            self.dyn = SBTMFlow(path, model, eta=eta, **common)
+            self.dyn = SBTMFlow(path, model, eta=eta, theta_flow=cfg.theta_flow, **common)
         else:
             self.dyn = SBTMSteps(path, model, inner_steps=cfg.inner_steps, optimizer=cfg.optimizer, lr=cfg.lr, **common)
         self.dyn.max_nfe = cfg.max_nfe
@@ -274,8 +274,9 @@ class SBTMSampler:
             self.info["init_fit"] = fit_score(self.model, x_fit, init_score, steps=int(cfg.init_steps), tol=cfg.init_tol,
                                               divergence=dyn.divergence, probes=fit_probes, t=t0)
         self.info["init_fit_seconds"] = time.perf_counter() - t_fit
+        flow_t0 = {"t0": t0} if cfg.training == "flow" else {}
         y = dyn.initial_state(x0[rows], log_density0=None if log_f0 is None else log_f0[rows],
-                              holdout_x0=holdout[0], holdout_log_density0=holdout[1])
+                              holdout_x0=holdout[0], holdout_log_density0=holdout[1], **flow_t0)
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
             self.spectral.head = dyn.training_length(y)
         if cfg.training == "flow" and self.spectral is None:
@@ -442,6 +443,8 @@ class SBTMSampler:
         if cfg.training == "steps":
             info["train_steps"] = self.dyn.train_steps
         info["solver"] = cfg.solver
+        if cfg.training == "flow":
+            info["theta_flow"] = self.dyn.theta_flow.config()
         if self.spectral is not None:
             info["rkc"] = self.spectral.summary()
         if self.xstiff is not None:
