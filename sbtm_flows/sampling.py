@@ -595,11 +595,18 @@ def _score_config(model, times: Tensor) -> dict | None:
 
 
 def _resolve_eta(eta, t0: float = 0.0):
-    """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``; an ``AutoEta``
+    """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``, a dict -> a
+    :class:`~sbtm_flows.theta_flow.DecayingEta` of its keywords; an ``AutoEta``
     or ``NTKEta`` is copied (``sample`` sets its value / ceiling); a callable of t must return a
     finite non-negative number at ``t0``."""
     from .ntk import NTKEta
+    from .theta_flow import DecayingEta
 
+    if isinstance(eta, dict):  # a DecayingEta's keywords (JSON configs)
+        try:
+            return DecayingEta(**eta)
+        except TypeError as e:
+            raise ValueError(f"eta as a dict takes DecayingEta's keywords eta0, eta_inf, t_c[, t0]; got {eta!r}") from e
     if isinstance(eta, str):
         if eta == "auto":
             return AutoEta()
