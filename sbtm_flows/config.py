@@ -24,6 +24,7 @@ import torch
 
 from .checkpoint import check_resume
 from .dynamics import DEFAULT_BATCH, check_batch
+from .eta import as_eta
 from .loop import check_positive, config_of
 from .losses import CHUNK
 from .stiffness import FIXED_GRID_SOLVERS
@@ -70,6 +71,12 @@ class RunConfig:
         check_positive("max_nfe", self.max_nfe, integer=True, allow_none=True)
         check_resume(self.resume)
 
+    def _fill(self, options: dict) -> None:
+        """Give each option in ``options`` that was not given its default."""
+        for name, default in options.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+
     def fields(self) -> dict:
         """The configuration as a dict of its field values (objects as they are)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -94,15 +101,8 @@ def default_solver(training: str, eta=None) -> str:
     — stable by construction whatever η·λ_max(∇²_Θ L)·dt becomes —, ``"heun2"`` (the paper's)
     for the discrete training, whose right-hand side is the particle velocity alone, and for
     ``eta="auto"`` (which sizes η to heun2's stability limit instead)."""
-    auto = eta == "auto" if isinstance(eta, str) else type(eta).__name__ == "AutoEta"
+    auto = eta is not None and as_eta(eta).follows_curvature
     return "rkc" if training == "flow" and not auto else "heun2"
-
-
-def _fill(cfg, options: dict) -> None:
-    """Give each option in ``options`` that was not given its default."""
-    for name, default in options.items():
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, default)
 
 
 #: Default number of particles the score diagnostics (F^n, loss, dissipation) average over.
@@ -240,11 +240,11 @@ class SBTMConfig(RunConfig):
         if self.solver is None or self.solver in FIXED_GRID_SOLVERS:  # None: rkc or heun2, both fixed-grid
             _refuse(given, ADAPTIVE_OPTIONS, f"the fixed-step solver {self.solver!r}", "adaptive solvers (e.g. solver='dopri5')")
         else:
-            _fill(self, ADAPTIVE_OPTIONS)
+            self._fill(ADAPTIVE_OPTIONS)
         if self.score_model is not None:
             _refuse(given, NETWORK_OPTIONS, "a custom score_model", "the default network (score_model=None)")
         else:
-            _fill(self, NETWORK_OPTIONS)
+            self._fill(NETWORK_OPTIONS)
         if self.training == "flow":
             _refuse(given, STEPS_OPTIONS, "training='flow'", "training='steps'")
         if self.training == "steps":
@@ -273,7 +273,7 @@ class SBTMConfig(RunConfig):
                 "before that training), so its error estimate sees the training jump and the step size collapses. Use "
                 "training='flow' (Θ in the ODE state) with adaptive solvers"
             )
-        _fill(self, FLOW_OPTIONS if self.training == "flow" else STEPS_OPTIONS)
+        self._fill(FLOW_OPTIONS if self.training == "flow" else STEPS_OPTIONS)
         check_positive("record_ntk_every", self.record_ntk_every, integer=True, allow_none=True)
         if self.training == "steps":
             check_positive("lr", self.lr)
