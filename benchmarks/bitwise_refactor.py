@@ -8,11 +8,13 @@ before the change and once with the code after it, e.g.::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bitwise_refactor.py compare /tmp/before.pt
 
 ``compare`` prints one line per setup (particles, Θ trajectory, ℓ, held-out block, diagnostics
-such as the η trace) and exits 1 when any differs.
+such as the η trace, the stored ``result.config``) and exits 1 when any differs.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 
 import torch
@@ -55,19 +57,25 @@ def run_all() -> dict[str, dict[str, torch.Tensor]]:
                 fields[key] = getattr(res, key)
         for key, val in sorted(res.diagnostics.items()):
             fields[f"diag:{key}"] = torch.as_tensor(val)
+        text = json.dumps(res.config, sort_keys=True, default=str)  # the stored config, memory addresses blanked
+        fields["config"] = re.sub(r" at 0x[0-9a-f]+", "", text)
         out[name] = fields
     return out
 
 
+def _same(a, b) -> bool:
+    """Bitwise equal tensors (NaN = NaN) or equal strings."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return a.shape == b.shape and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+
+
 def compare(before: dict, after: dict) -> bool:
-    """Print one line per setup; True when every field is bitwise equal (NaN = NaN)."""
+    """Print one line per setup; True when every field is bitwise equal."""
     ok = True
     for name in SETUPS:
         a, b = before[name], after[name]
-        diff = sorted(set(a) ^ set(b))
-        diff += [k for k in sorted(set(a) & set(b))
-                 if not (a[k].shape == b[k].shape and torch.equal(torch.nan_to_num(a[k], 7.0), torch.nan_to_num(b[k], 7.0))
-                         and torch.equal(a[k].isnan(), b[k].isnan()))]
+        diff = sorted(set(a) ^ set(b)) + [k for k in sorted(set(a) & set(b)) if not _same(a[k], b[k])]
         ok &= not diff
         print(f"{name:28s} {'bitwise equal' if not diff else 'DIFFERS: ' + ', '.join(diff)} ({len(a)} fields)")
     return ok

@@ -93,11 +93,11 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
     path, gen, x0, init_target, dtype, device = prepare_run(target, cfg.init, cfg.n, cfg.t0, cfg.t_final, cfg.dt,
                                                             cfg.save_every, cfg.seed, cfg.dtype, cfg.device)
     cfg = cfg.resolved(path)
-    eta = copy.copy(as_eta(cfg.eta, cfg.t0)) if cfg.training == "flow" else None  # the run sets its value / ceiling
+    eta = copy.copy(as_eta(cfg.flow.eta, cfg.t0)) if cfg.training == "flow" else None  # the run sets its value / ceiling
     hgen = holdout_generator(gen)
-    xh0 = holdout_particles(init_target, cfg.holdout, hgen, x0, cfg.track_logdensity)
+    xh0 = holdout_particles(init_target, cfg.density.holdout, hgen, x0, cfg.density.track_logdensity)
     model = _score_network(cfg, path, x0, gen, dtype, device)
-    grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), cfg.solver in FIXED_GRID_SOLVERS, cfg.times)
+    grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), cfg.solver.method in FIXED_GRID_SOLVERS, cfg.times)
     sampler = SBTMSampler(cfg, path, model, eta, grid, grid[out_idx], gen, hgen, init_target, device)
     config_dict = cfg.to_dict()
     ckpt = None
@@ -122,9 +122,9 @@ METHODS["sbtm"] = run_sbtm
 def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device) -> torch.nn.Module:
     """The configured score network (default: :class:`ScoreMLP` drawn from ``gen``, in
     ``ScaledScore(net, path.scale)`` for the discrete training on a dilation path), checked on X₀."""
-    model = cfg.score_model
+    model = cfg.score.model
     if model is None:
-        model = ScoreMLP(path.dim, cfg.hidden, cfg.activation, generator=gen, dtype=dtype)
+        model = ScoreMLP(path.dim, cfg.score.hidden, cfg.score.activation, generator=gen, dtype=dtype)
         if cfg.training == "steps" and callable(getattr(path, "scale", None)):
             # a path that dilates space: learn in its coordinates (see ScaledScore; with
             # training="flow" the loss curvature in Θ would grow like 1/c(t)², so not by default)
@@ -201,31 +201,31 @@ class SBTMSampler:
     def __init__(self, cfg, path: Path, model: torch.nn.Module, eta, grid: Tensor, times: Tensor,
                  generator: torch.Generator, holdout_generator: torch.Generator, init_target, device):
         self.cfg, self.path, self.model, self.init_target, self.device = cfg, path, model, init_target, device
-        self.fixed = cfg.solver in FIXED_GRID_SOLVERS
+        self.fixed = cfg.solver.method in FIXED_GRID_SOLVERS
         self.grid, self._where, self._k = grid, grid_index(grid), grid_index(times)
-        common = dict(divergence=cfg.divergence, probes=cfg.probes, generator=generator,
-                      track_logdensity=cfg.track_logdensity, holdout=cfg.holdout, holdout_generator=holdout_generator)
+        common = dict(divergence=cfg.score.divergence, probes=cfg.score.probes, generator=generator,
+                      track_logdensity=cfg.density.track_logdensity, holdout=cfg.density.holdout, holdout_generator=holdout_generator)
         common.update(max_nfe=cfg.max_nfe, reject_nonfinite=not self.fixed)
         if cfg.training == "flow":
             self.dyn = SBTMFlow(path, model, eta=eta, **common)
         else:
-            self.dyn = SBTMSteps(path, model, inner_steps=cfg.inner_steps, optimizer=cfg.optimizer, lr=cfg.lr, **common)
+            self.dyn = SBTMSteps(path, model, inner_steps=cfg.steps.inner_steps, optimizer=cfg.steps.optimizer, lr=cfg.steps.lr, **common)
         self._scale(generator, eta)
-        self.log_target = target_log_prob(path) if cfg.track_logdensity else None
+        self.log_target = target_log_prob(path) if cfg.density.track_logdensity else None
         self.monitor = None
-        self.spectral = spectral_estimator(cfg.solver, cfg.solver_options, generator)
+        self.spectral = spectral_estimator(cfg.solver.method, cfg.solver.options, generator)
         if cfg.training == "flow" and self.spectral is None:
             if eta.follows_curvature:
-                self.monitor = StiffnessMonitor(self.dyn, cfg.solver, eta_limit(cfg.solver), every=20, iters=3,
+                self.monitor = StiffnessMonitor(self.dyn, cfg.solver.method, eta_limit(cfg.solver.method), every=20, iters=3,
                                                 generator=generator)
-            elif cfg.stiffness_check and getattr(SOLVER_FACTS.get(cfg.solver), "stability", None) is not None:
-                self.monitor = StiffnessMonitor(self.dyn, cfg.solver, eta_limit(cfg.solver), every=20, generator=generator)
+            elif cfg.stiffness_check and getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None:
+                self.monitor = StiffnessMonitor(self.dyn, cfg.solver.method, eta_limit(cfg.solver.method), every=20, generator=generator)
         self.info: dict = {}
         self._view = None
-        stable = getattr(SOLVER_FACTS.get(cfg.solver), "stability", None)
+        stable = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None)
         self.xstiff = None  # the particle block X (both trainings, fixed one-step solvers)
         if cfg.stiffness_check and self.fixed and stable is not None:
-            self.xstiff = ParticleStiffness(path, cfg.solver, stable, "sbtm", generator=torch.Generator().manual_seed(0))
+            self.xstiff = ParticleStiffness(path, cfg.solver.method, stable, "sbtm", generator=torch.Generator().manual_seed(0))
 
     def _scale(self, generator: torch.Generator, eta) -> None:
         """Batch, chunk and, under torch.distributed, the communicator (checked: fixed-step
@@ -233,7 +233,7 @@ class SBTMSampler:
         (the shared stream ``generator`` stays equal on all ranks)."""
         cfg, self.comm, self.gen = self.cfg, current_comm(), generator
         if self.comm is not None:
-            _check_distributed(cfg.solver, self.fixed, cfg.record_ntk_every, eta)
+            _check_distributed(cfg.solver.method, self.fixed, cfg.record_ntk_every, eta)
         self.rank = 0 if self.comm is None else self.comm.rank
         rank_probes = None if self.comm is None else torch.Generator().manual_seed(
             splitmix64(generator.initial_seed() + 0x27D4EB2F + self.rank))
@@ -259,15 +259,15 @@ class SBTMSampler:
         cfg, dyn = self.cfg, self.dyn
         if self.xstiff is not None:  # before the fit: a step the particles cannot take is refused at once
             self.xstiff.start(x0, t0, float(self.grid[1] - self.grid[0]))
-        log_f0 = initial_log_density(self.init_target, x0) if cfg.track_logdensity else None
+        log_f0 = initial_log_density(self.init_target, x0) if cfg.density.track_logdensity else None
         n = x0.shape[0]
         rows = self.shard(n)
         t_fit = time.perf_counter()
-        if cfg.init_steps > 0:  # on `batch` random particles, the same on every rank
+        if cfg.score.init_steps > 0:  # on `batch` random particles, the same on every rank
             x_fit = x0 if dyn.local_batch(n) >= n else x0[_fit_rows(n, cfg.batch, generator)]
             fit_probes = dyn.draw_probes(x_fit.shape[0], x_fit)
             init_score = self.init_target.score(x_fit) if self.init_target is not None else None
-            self.info["init_fit"] = fit_score(self.model, x_fit, init_score, steps=int(cfg.init_steps), tol=cfg.init_tol,
+            self.info["init_fit"] = fit_score(self.model, x_fit, init_score, steps=int(cfg.score.init_steps), tol=cfg.score.init_tol,
                                               divergence=dyn.divergence, probes=fit_probes, t=t0)
         self.info["init_fit_seconds"] = time.perf_counter() - t_fit
         y = dyn.initial_state(x0[rows], log_density0=None if log_f0 is None else log_f0[rows],
@@ -287,18 +287,18 @@ class SBTMSampler:
             from .stiffness import stability_ceiling
 
             h_max = float((self.grid[1:] - self.grid[:-1]).max()) if self.fixed else cfg.dt
-            self.info["ntk_eta_ceiling"] = stability_ceiling(dyn, y, h_max, eta_limit(cfg.solver), generator=generator, t=t0)
+            self.info["ntk_eta_ceiling"] = stability_ceiling(dyn, y, h_max, eta_limit(cfg.solver.method), generator=generator, t=t0)
             dyn.eta.set_ceiling(self.info["ntk_eta_ceiling"])
         if cfg.stiffness_check or self.monitor is not None:
             dyn.choose_batch(dyn.n_particles(y), 0)
-            prerun_check(dyn, y, cfg.solver, h, t0, cfg.t_final, generator, self.monitor)
+            prerun_check(dyn, y, cfg.solver.method, h, t0, cfg.t_final, generator, self.monitor)
 
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state
         every ``every`` steps: a fixed one-step solver integrates the interval in pieces of that
         many steps (bitwise the same result), however far apart the output times are."""
         cfg, i0, i1 = self.cfg, self._where[t0], self._where[t1]
-        options = dict(cfg.solver_options or {})
+        options = dict(cfg.solver.options or {})
         if self.spectral is not None:
             options["spectral"] = self.spectral
         if cfg.training == "flow":  # the training subset of this output interval
@@ -306,8 +306,8 @@ class SBTMSampler:
         if not self.fixed:
             if self.monitor is not None:
                 self.monitor.check(state.y, t0, cfg.dt, self._k[t0] * int(cfg.save_every))
-            return SBTMState(odeint_chunk(self.dyn, state.y, self.grid[[i0, i1]], cfg.solver, cfg.rtol, cfg.atol, options))
-        one_step = getattr(SOLVER_FACTS.get(cfg.solver), "stability", None) is not None  # not multistep
+            return SBTMState(odeint_chunk(self.dyn, state.y, self.grid[[i0, i1]], cfg.solver.method, cfg.solver.rtol, cfg.solver.atol, options))
+        one_step = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None  # not multistep
         every = min([m.every for m in (self.monitor, self.xstiff) if m is not None and one_step], default=i1 - i0)
         y = state.y
         for a in range(i0, i1, max(1, every)):
@@ -316,7 +316,7 @@ class SBTMSampler:
                 self.xstiff.check(self.particles(SBTMState(y)), t_a, h_a, a)
             if self.monitor is not None:
                 self.monitor.check(y, t_a, h_a, a)
-            y = odeint_chunk(self.dyn, y, self.grid[a : min(a + max(1, every), i1) + 1], cfg.solver,
+            y = odeint_chunk(self.dyn, y, self.grid[a : min(a + max(1, every), i1) + 1], cfg.solver.method,
                              ADAPTIVE_OPTIONS["rtol"], ADAPTIVE_OPTIONS["atol"], options)  # rtol/atol unused here
         return SBTMState(y)
 
@@ -371,7 +371,7 @@ class SBTMSampler:
             fn = dyn.score_fn(theta, t)
         else:
             x, theta, fn = dyn.split(y), flatten_params(self.model), at_time(self.model, t)
-        xh, logdh = dyn.split_holdout(y) if self.cfg.holdout else (None, None)
+        xh, logdh = dyn.split_holdout(y) if self.cfg.density.holdout else (None, None)
         logd, comm = dyn.log_density(y), self.comm
         v = SBTMView(self, y, t, x, theta, fn, logd, xh, logdh, x_all=x if comm is None else comm.gather_rows(x),
                      log_density_all=logd if comm is None or logd is None else comm.gather_rows(logd))
@@ -401,14 +401,14 @@ class SBTMSampler:
         from .observers import DensityDiagnostics, EtaTrace, HeldOutStatus, NTKTrace, ScoreDiagnostics
 
         cfg, out = self.cfg, [FiniteTargetGuard(self.path), ScoreDiagnostics()]
-        if cfg.holdout:
+        if cfg.density.holdout:
             out.append(HeldOutStatus())
-        if cfg.track_logdensity and self.log_target is not None:
+        if cfg.density.track_logdensity and self.log_target is not None:
             out.append(DensityDiagnostics(self.log_target, getattr(self.path.target, "log_Z", None)))
         if cfg.training == "flow" and not self.dyn.eta.stateful:
             out.append(EtaTrace())
-        if cfg.record_ntk_every is not None:
-            out.append(NTKTrace(cfg.record_ntk_every, cfg.ntk_reference))
+        if cfg.flow is not None and cfg.flow.record_ntk_every is not None:
+            out.append(NTKTrace(cfg.flow.record_ntk_every, cfg.flow.ntk_reference))
         return out
 
     def finish(self, state: SBTMState, packed: dict, info: dict) -> dict:
@@ -417,7 +417,7 @@ class SBTMSampler:
         info.update({k: v for k, v in self.info.items() if k not in info})
         if cfg.training == "steps":
             info["train_steps"] = self.dyn.train_steps
-        info["solver"] = cfg.solver
+        info["solver"] = cfg.solver.method
         if self.spectral is not None:
             info["rkc"] = self.spectral.summary()
         if self.xstiff is not None:
@@ -425,10 +425,10 @@ class SBTMSampler:
         if self.monitor is not None and self.monitor.max_z > 0:
             info["stiffness"] = {"max_eta_lambda_dt": self.monitor.max_z, "at_t": self.monitor.t_max_z,
                                  "solver_limit": self.monitor.limit}
-        if cfg.track_logdensity and self.log_target is None:
+        if cfg.density.track_logdensity and self.log_target is None:
             info["density_diagnostics"] = "unavailable: the target has no log_prob (kl_plus_logz, log_z, ess need log π̃)"
-        elif cfg.track_logdensity and cfg.holdout:
-            info["density_diagnostics"] = (f"on the {cfg.holdout} held-out particles (never trained on); the training "
+        elif cfg.density.track_logdensity and cfg.density.holdout:
+            info["density_diagnostics"] = (f"on the {cfg.density.holdout} held-out particles (never trained on); the training "
                                            "particles' values are the *_train diagnostics (biased, see sbtm_flows.logdensity)")
         return self._result_fields(state, packed)
 
@@ -436,7 +436,7 @@ class SBTMSampler:
         last = {k: packed[k][-1] if k in packed else None
                 for k in ("log_density_trajectory", "holdout_trajectory", "holdout_log_density_trajectory")}
         lt = self.log_target
-        lost = self.view(state, float(packed["times"][-1])).holdout_lost.cpu() if self.cfg.holdout else None
+        lost = self.view(state, float(packed["times"][-1])).holdout_lost.cpu() if self.cfg.density.holdout else None
         return dict(
             thetas=packed.get("thetas"),
             score_config=_score_config(self.model, packed["times"]),
