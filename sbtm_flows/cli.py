@@ -64,9 +64,9 @@ def _eta(s: str):
 
 def _valid_eta(v) -> bool:
     """An η a config file may hold: a positive finite number, "auto", "ntk", or the keywords of a
-    :class:`~sbtm_flows.theta_flow.DecayingEta`."""
+    :class:`~sbtm_flows.eta.DecayingEta`."""
     if isinstance(v, dict):
-        from .theta_flow import DecayingEta
+        from .eta import DecayingEta
 
         try:
             DecayingEta(**v)
@@ -152,7 +152,7 @@ def _read_config(path: str) -> dict:
 
 
 def _cmd_run(a) -> int:
-    from .experiments import EXPERIMENTS, experiment_config, run_experiment
+    from .experiments import EXPERIMENTS, experiment_config, run_experiment, settle_eta
 
     if a.config:
         cfg = _read_config(a.config)
@@ -166,6 +166,7 @@ def _cmd_run(a) -> int:
         if missing:
             raise _CliError(f"sbtm-flows: config {a.config!r} is missing {', '.join(map(repr, missing))} (needed by {name})")
         cfg.update(_overrides(a))
+        settle_eta(cfg, eta_given=a.eta is not None)  # a file's eta with training="steps" is not used: dropped
         out = pathlib.Path(a.out) if a.out else pathlib.Path(a.config).parent
     else:
         if not a.experiment:

@@ -51,7 +51,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["GradientFlow", "RMSpropFlow", "DecayingEta", "THETA_FLOWS", "DEFAULT_ETA", "resolve_theta_flow"]
+__all__ = ["GradientFlow", "RMSpropFlow", "THETA_FLOWS", "DEFAULT_ETA", "resolve_theta_flow"]
 
 
 class GradientFlow:
@@ -142,42 +142,6 @@ class RMSpropFlow:
 
     def __repr__(self) -> str:
         return f"RMSpropFlow(tau={self.tau}, eps={self.eps}, per={self.per!r})"
-
-
-class DecayingEta:
-    r"""η(t) = η_∞ + (η₀ − η_∞)·exp(−(t − t0)/t_c): a network rate that is large while the law f_t
-    moves fast (just after t0) and relaxes to η_∞ — a callable of t, so any solver runs it.
-
-    Why: the network lags the moving optimum s*_t = ∇log f_t by about
-    |ds*/dt|/(η·λ(∇²_Θ L)), and on a constant target f_t moves fastest at the start (§5.2: the
-    dissipation falls 2.6 → 0.25 over t ∈ [0, 1]), which is also where eq. (4.1)'s two sides
-    are largest; later a large η only costs (rkc's stages grow like √η).  t_c is the time scale
-    of that early motion — about the relaxation time of the Fokker–Planck flow (1 for the
-    unit-variance modes of §5.2).
-
-    Args:
-        eta0: η at t0 (> 0); eta_inf: η as t → ∞ (> 0); t_c: decay time (> 0); t0: start.
-
-    Raises:
-        ValueError: a non-positive or non-finite argument (t0: non-finite).
-    """
-
-    def __init__(self, eta0: float, eta_inf: float, t_c: float, t0: float = 0.0):
-        for key, val in (("eta0", eta0), ("eta_inf", eta_inf), ("t_c", t_c), ("t0", t0)):
-            ok = not isinstance(val, bool) and isinstance(val, (int, float)) and math.isfinite(val)
-            if not ok or (key != "t0" and not val > 0):
-                raise ValueError(f"DecayingEta: {key} must be a {'finite' if key == 't0' else 'positive finite'} number, got {val!r}")
-        self.eta0, self.eta_inf, self.t_c, self.t0 = float(eta0), float(eta_inf), float(t_c), float(t0)
-
-    def __call__(self, t: float) -> float:
-        return self.eta_inf + (self.eta0 - self.eta_inf) * math.exp(-(float(t) - self.t0) / self.t_c)
-
-    def config(self) -> dict:
-        """JSON form: the keywords that rebuild it (also accepted as ``eta=`` of ``sample``)."""
-        return {"eta0": self.eta0, "eta_inf": self.eta_inf, "t_c": self.t_c, "t0": self.t0}
-
-    def __repr__(self) -> str:
-        return f"DecayingEta(eta0={self.eta0}, eta_inf={self.eta_inf}, t_c={self.t_c}, t0={self.t0})"
 
 
 #: η when none is given: a rate per unit curvature for "gd", a speed (parameter units per unit
