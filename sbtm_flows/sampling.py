@@ -229,7 +229,7 @@ class SBTMSampler:
                       track_logdensity=cfg.density.track_logdensity, holdout=cfg.density.holdout, holdout_generator=holdout_generator)
         common.update(max_nfe=cfg.max_nfe, reject_nonfinite=not self.fixed)
         if cfg.training == "flow":
-            self.dyn = SBTMFlow(path, model, eta=eta, **common)
+            self.dyn = SBTMFlow(path, model, eta=eta, theta_flow=cfg.theta_flow, **common)
         else:
             self.dyn = SBTMSteps(path, model, inner_steps=cfg.steps.inner_steps, optimizer=cfg.steps.optimizer, lr=cfg.steps.lr, **common)
         self._scale(generator, eta)
@@ -292,8 +292,9 @@ class SBTMSampler:
             self.info["init_fit"] = fit_score(self.model, x_fit, init_score, steps=int(cfg.score.init_steps), tol=cfg.score.init_tol,
                                               divergence=dyn.divergence, probes=fit_probes, t=t0)
         self.info["init_fit_seconds"] = time.perf_counter() - t_fit
+        flow_t0 = {"t0": t0} if cfg.training == "flow" else {}
         y = dyn.initial_state(x0[rows], log_density0=None if log_f0 is None else log_f0[rows],
-                              holdout_x0=holdout[0], holdout_log_density0=holdout[1])
+                              holdout_x0=holdout[0], holdout_log_density0=holdout[1], **flow_t0)
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
             self.spectral.restrict(dyn.training_length(y))
         if cfg.training == "flow" and self.spectral is None:
@@ -438,6 +439,8 @@ class SBTMSampler:
         if cfg.training == "steps":
             info["train_steps"] = self.dyn.train_steps
         info["solver"] = cfg.solver.method
+        if cfg.training == "flow":
+            info["theta_flow"] = self.dyn.theta_flow.config()
         if self.spectral is not None:
             info["rkc"] = self.spectral.summary()
         if self.xstiff is not None:
