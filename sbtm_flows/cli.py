@@ -56,7 +56,7 @@ def _positive_float(s: str) -> float:
 
 
 def _eta(s: str):
-    if s in ("auto", "ntk"):
+    if s in ("auto", "ntk", "track"):
         return s
     return _positive_float(s)
 
@@ -69,7 +69,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sde-solver", help="torchsde method for Langevin (euler, ...)")
     p.add_argument("--training", choices=["flow", "steps", "auto"],
                    help="SBTM training: coupled flow, K optimizer steps per step, or auto (steps on dilation paths)")
-    p.add_argument("--eta", type=_eta, help="eta of the coupled flow: a positive number (default 5), 'auto' or 'ntk'")
+    p.add_argument("--eta", type=_eta, help="eta of the coupled flow: a positive number (default 5), 'auto', 'ntk' or 'track'")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -213,9 +213,9 @@ def _validate(cfg: dict, defaults: dict | None = None) -> None:
             raise _bad(key, v, "a non-negative integer")
         if key in ("t_final", "dt", "lam0") and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
             raise _bad(key, v, "a positive finite number")
-        if key == "eta" and v not in ("auto", "ntk") and (isinstance(v, bool) or not isinstance(v, (int, float))
+        if key == "eta" and v not in ("auto", "ntk", "track") and (isinstance(v, bool) or not isinstance(v, (int, float))
                                                           or not math.isfinite(v) or v <= 0):
-            raise _bad(key, v, "a positive number, 'auto' or 'ntk'")
+            raise _bad(key, v, "a positive number, 'auto', 'ntk' or 'track'")
         if defaults and key in defaults and defaults[key] is not None and key != "eta":
             kind = float if isinstance(defaults[key], float) else type(defaults[key])
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else isinstance(v, kind)

@@ -39,6 +39,7 @@ from .rkc import SpectralRadius
 from .score import ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
 from .stiffness import FIXED_GRID_SOLVERS, SOLVER_FACTS, AutoEta, StiffnessMonitor, eta_limit, prerun_check
 from .targets import check_particles
+from .tracking_eta import TrackingEta
 
 __all__ = [
     "sample", "run_sbtm", "SBTMSampler", "SBTMState", "SOLVERS", "FIXED_GRID_SOLVERS", "METHODS", "TRAININGS",
@@ -221,6 +222,9 @@ class SBTMSampler:
                                                 generator=generator, auto=eta)
             elif cfg.stiffness_check and getattr(SOLVER_FACTS.get(cfg.solver), "stability", None) is not None:
                 self.monitor = StiffnessMonitor(self.dyn, cfg.solver, eta_limit(cfg.solver), every=20, generator=generator)
+        self.tracker = eta if cfg.training == "flow" and isinstance(eta, TrackingEta) else None
+        if self.tracker is not None and self.tracker.generator is None:  # reproducible, training stream unchanged
+            self.tracker.generator = torch.Generator().manual_seed(splitmix64(generator.initial_seed() + 0x3C6EF372))
         self.info: dict = {}
         self._view = None
         stable = getattr(SOLVER_FACTS.get(cfg.solver), "stability", None)
@@ -278,6 +282,7 @@ class SBTMSampler:
                               holdout_x0=holdout[0], holdout_log_density0=holdout[1])
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
             self.spectral.head = dyn.training_length(y)
+        self._track(y, t0, 0)
         if cfg.training == "flow" and self.spectral is None:
             self._start_flow(y, t0, generator)
         return SBTMState(y)
@@ -297,6 +302,13 @@ class SBTMSampler:
             dyn.choose_batch(dyn.n_particles(y), 0)
             prerun_check(dyn, y, cfg.solver, h, t0, cfg.t_final, generator, self.monitor)
 
+    def _track(self, y: Tensor, t: float, k: int) -> None:
+        """Refresh a :class:`TrackingEta` from the state y at t (``k``: the output interval whose
+        training subset the loss uses)."""
+        if self.tracker is not None:
+            self.dyn.choose_batch(self.dyn.n_particles(y), k)
+            self.tracker.update(self.dyn, y, t)
+
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state
         every ``every`` steps: a fixed one-step solver integrates the interval in pieces of that
@@ -313,9 +325,12 @@ class SBTMSampler:
             return SBTMState(odeint_chunk(self.dyn, state.y, self.grid[[i0, i1]], cfg.solver, cfg.rtol, cfg.atol, options))
         one_step = getattr(SOLVER_FACTS.get(cfg.solver), "stability", None) is not None  # not multistep
         every = min([m.every for m in (self.monitor, self.xstiff) if m is not None and one_step], default=i1 - i0)
+        every = min(every, self.tracker.every) if self.tracker is not None else every
         y = state.y
         for a in range(i0, i1, max(1, every)):
             t_a, h_a = float(self.grid[a]), float(self.grid[a + 1] - self.grid[a])
+            if a > i0 or i0 > 0:  # (at the run's start init() has just set it)
+                self._track(y, t_a, self._k[t0])
             if self.xstiff is not None:
                 self.xstiff.check(self.particles(SBTMState(y)), t_a, h_a, a)
             if self.monitor is not None:
@@ -344,6 +359,7 @@ class SBTMSampler:
             "eta_ceiling": getattr(getattr(dyn, "eta", None), "ceiling", None),
             "stiffness_x": None if self.xstiff is None else self.xstiff.state_dict(),
             "spectral": None if self.spectral is None else self.spectral.state_dict(),
+            "eta_tracking": None if self.tracker is None else self.tracker.state_dict(),
             "n": int(self.particles(state).shape[0]),
         }
         for name in ("probes", "holdout_probes"):
@@ -374,6 +390,8 @@ class SBTMSampler:
             self.monitor.max_z, self.monitor.t_max_z = blob["monitor"]["max_z"], blob["monitor"]["t_max_z"]
         if self.spectral is not None and blob.get("spectral") is not None:
             self.spectral.load_state_dict(blob["spectral"])
+        if self.tracker is not None and blob.get("eta_tracking") is not None:
+            self.tracker.load_state_dict(blob["eta_tracking"])
         if blob.get("eta_ceiling") is not None:
             dyn.eta.ceiling = blob["eta_ceiling"]
         if self.xstiff is not None and blob.get("stiffness_x") is not None:
@@ -444,6 +462,8 @@ class SBTMSampler:
         info["solver"] = cfg.solver
         if self.spectral is not None:
             info["rkc"] = self.spectral.summary()
+        if self.tracker is not None:
+            info["eta_tracking"] = self.tracker.summary()
         if self.xstiff is not None:
             info["stiffness_x"] = self.xstiff.record()
         if self.monitor is not None and self.monitor.max_z > 0:
@@ -592,9 +612,9 @@ def _score_config(model, times: Tensor) -> dict | None:
 
 
 def _resolve_eta(eta, t0: float = 0.0):
-    """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``; an ``AutoEta``
-    or ``NTKEta`` is copied (``sample`` sets its value / ceiling); a callable of t must return a
-    finite non-negative number at ``t0``."""
+    """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``, ``"track"`` -> a
+    fresh :class:`TrackingEta`; an ``AutoEta``, ``NTKEta`` or ``TrackingEta`` is copied (``sample``
+    sets its value / ceiling); a callable of t must return a finite non-negative number at ``t0``."""
     from .ntk import NTKEta
 
     if isinstance(eta, str):
@@ -602,7 +622,11 @@ def _resolve_eta(eta, t0: float = 0.0):
             return AutoEta()
         if eta == "ntk":
             return NTKEta()
-        raise ValueError(f"eta must be a number, a callable of t, 'auto', 'ntk' or an NTKEta, got {eta!r}")
+        if eta == "track":
+            return TrackingEta()
+        raise ValueError(f"eta must be a number, a callable of t, 'auto', 'ntk', 'track' or an NTKEta, got {eta!r}")
+    if isinstance(eta, TrackingEta):
+        return eta.fresh()
     if isinstance(eta, (NTKEta, AutoEta)):
         return copy.copy(eta)
     if callable(eta):

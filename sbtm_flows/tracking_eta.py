@@ -1,0 +1,132 @@
+r"""η(t) that keeps the network block as fast as a fixed multiple of the particle block.
+
+The coupled flow's Jacobian has two diagonal blocks with very different origins:
+
+* the particle block X, ∂v/∂x = ∇²log π_t − ∇s_Θ, whose stiff end is the target's curvature
+  κ_X(t) = maxᵢ max(0, −λ_min(∇²log π_t(Xᵢ))) (:func:`~sbtm_flows.guards.particle_curvature`);
+  on a dilation path π_t(x) ∝ π(x/λ(t)) it is κ_π/λ(t)², 100× κ_π at λ = 0.1;
+* the network block Θ, −η∇²_Θ L, whose stiff end is η·λ_max(∇²_Θ L), the rate of the network's
+  fastest mode.
+
+With a fixed η the second is blind to the first: on the dilation path of paper §5.4 (λ₀ = 0.1,
+n = 1000, η = 10) the particle block stays at ρ_X ≈ 60–1000 while λ_max(∇²_Θ L) grows 100-fold
+in a fraction of a time unit and the Θ block takes the whole spectral radius (ρ 130 → 2·10⁵ by
+t ≈ 0.68 with a plain MLP; with a :class:`~sbtm_flows.score.ScaledScore` 2.5·10⁵ → 2·10⁷ by
+t = 0.05): :mod:`sbtm_flows.rkc` then needs hundreds of stages per step and stops.
+:class:`TrackingEta` sets
+
+    η(t) = ratio · max(κ_X(t), κ_min) / λ_max(∇²_Θ L)(t),
+
+clipped to [``eta_min``, ``eta_max``], so that the network's fastest mode relaxes ``ratio``
+times faster than the particles' fastest mode, whatever the curvature of either: the spectral
+radius of the coupled system stays ≈ (1 + ratio)·κ_X and an rkc step of size h needs about
+√(1.2·(1 + ratio)·κ_X·h/0.65) stages (on a λ²-graded dilation grid κ_X·h is constant).
+λ_max comes from warm-started Lanczos (:func:`~sbtm_flows.stiffness.hessian_max_eigenvalue`),
+κ_X from a warm-started batched power iteration; both are refreshed every ``every`` steps
+by the sampler (:meth:`update`), so η is piecewise constant in t and the right-hand side a
+deterministic function of the state on every step.
+
+``sample(..., eta="track")`` is ``TrackingEta()``; ``result.info["eta_tracking"]`` records the
+range of η, λ_max and κ_X seen.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .guards import particle_curvature
+from .stiffness import hessian_max_eigenvalue
+
+__all__ = ["TrackingEta"]
+
+
+class TrackingEta:
+    r"""η(t) = clip(ratio·max(κ_X, κ_min)/λ_max(∇²_Θ L), eta_min, eta_max) (module docstring),
+    a callable of t between the sampler's refreshes.
+
+    Args:
+        ratio: how many times faster than the particle block the network's fastest mode relaxes.
+        every: integration steps between refreshes of λ_max and κ_X.
+        iters: Lanczos / power iterations per refresh (``first_iters`` at the first).
+        kappa_min: floor of κ_X (a rate, 1/time), so a target flat at every particle
+            (κ_X = 0) still gets a network relaxing at rate ``ratio·kappa_min``.
+        eta_min, eta_max: bounds of η.
+        generator: draws the iterations' first vectors (runs are reproducible).
+    """
+
+    def __init__(self, ratio: float = 50.0, every: int = 10, iters: int = 3, first_iters: int = 10,
+                 kappa_min: float = 1.0, eta_min: float = 1e-6, eta_max: float = 1e4,
+                 generator: torch.Generator | None = None):
+        for name, v in (("ratio", ratio), ("kappa_min", kappa_min), ("eta_min", eta_min), ("eta_max", eta_max)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ValueError(f"TrackingEta: {name} must be a positive finite number, got {v!r}")
+        if eta_min > eta_max:
+            raise ValueError(f"TrackingEta: eta_min={eta_min} exceeds eta_max={eta_max}")
+        for name, v in (("every", every), ("iters", iters), ("first_iters", first_iters)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrackingEta: {name} must be an integer >= 1, got {v!r}")
+        self.ratio, self.kappa_min = float(ratio), float(kappa_min)
+        self.eta_min, self.eta_max = float(eta_min), float(eta_max)
+        self.every, self.iters, self.first_iters = every, iters, first_iters
+        self.generator = generator
+        self.value: float | None = None
+        self.lam = self.kappa = float("nan")
+        self.v_theta: Tensor | None = None
+        self.v_x: Tensor | None = None
+        self.record = {"refreshes": 0, "eta_min_seen": math.inf, "eta_max_seen": 0.0, "lam_max_seen": 0.0,
+                       "kappa_max_seen": 0.0}
+
+    def fresh(self) -> "TrackingEta":
+        """A new, not yet updated TrackingEta with the same settings (and generator)."""
+        return TrackingEta(self.ratio, self.every, self.iters, self.first_iters, self.kappa_min, self.eta_min,
+                           self.eta_max, self.generator)
+
+    def rate(self) -> float:
+        """The network's target relaxation rate ratio·max(κ_X, κ_min) (1/time)."""
+        return self.ratio * max(self.kappa, self.kappa_min)
+
+    def update(self, flow, y: Tensor, t: float) -> float:
+        r"""Re-estimate λ_max(∇²_Θ L) and κ_X at the state y ``(len,)`` of ``flow`` (an
+        :class:`~sbtm_flows.dynamics.SBTMFlow`) at time t and set η; returns it."""
+        first = self.value is None
+        iters = self.first_iters if first else self.iters
+        lam, self.v_theta = hessian_max_eigenvalue(flow, y, iters, self.generator, self.v_theta, return_vector=True, t=t)
+        x = flow.split(y)[0].detach()
+        v0 = self.v_x if self.v_x is not None and self.v_x.shape == x.shape else None
+        kappa, self.v_x = particle_curvature(flow.path, x, t, iters, self.generator, v0)
+        self.lam, self.kappa = float(lam), float(kappa.max()) if kappa.numel() else 0.0
+        eta = self.rate() / self.lam if self.lam > 0 else self.eta_max
+        self.value = min(self.eta_max, max(self.eta_min, eta))
+        r = self.record
+        r["refreshes"] += 1
+        r["eta_min_seen"], r["eta_max_seen"] = min(r["eta_min_seen"], self.value), max(r["eta_max_seen"], self.value)
+        r["lam_max_seen"], r["kappa_max_seen"] = max(r["lam_max_seen"], self.lam), max(r["kappa_max_seen"], self.kappa)
+        return self.value
+
+    def __call__(self, t: float) -> float:
+        if self.value is None:
+            raise RuntimeError("TrackingEta has no value yet: sample() sets it from the initial state (update())")
+        return self.value
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue bitwise."""
+        return {"value": self.value, "lam": self.lam, "kappa": self.kappa, "record": dict(self.record),
+                "v_theta": None if self.v_theta is None else self.v_theta.cpu(),
+                "v_x": None if self.v_x is None else self.v_x.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.value, self.lam, self.kappa = state["value"], state["lam"], state["kappa"]
+        self.record = dict(state["record"])
+        self.v_theta, self.v_x = state["v_theta"], state["v_x"]
+
+    def summary(self) -> dict:
+        """Range of η, largest λ_max and κ_X seen, number of refreshes."""
+        return dict(self.record)
+
+    def __repr__(self) -> str:
+        return (f"TrackingEta(ratio={self.ratio}, every={self.every}, iters={self.iters}, kappa_min={self.kappa_min}, "
+                f"eta_min={self.eta_min}, eta_max={self.eta_max})")
