@@ -98,7 +98,7 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
     eta = _resolve_eta(cfg.eta, cfg.t0)
     hgen = holdout_generator(gen)
     xh0 = holdout_particles(init_target, cfg.holdout, hgen, x0, cfg.track_logdensity)
-    model = _score_network(cfg, path, x0, gen, dtype, device)
+    model = _score_network(cfg, path, x0, gen, dtype, device, scaled=isinstance(eta, TrackingEta))
     grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), cfg.solver in FIXED_GRID_SOLVERS, cfg.times)
     sampler = SBTMSampler(cfg, path, model, eta, grid, grid[out_idx], gen, hgen, init_target, device)
     config_dict = cfg.to_dict()
@@ -121,15 +121,16 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
 METHODS["sbtm"] = run_sbtm
 
 
-def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device) -> torch.nn.Module:
+def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device, scaled: bool = False) -> torch.nn.Module:
     """The configured score network (default: :class:`ScoreMLP` drawn from ``gen``, in
-    ``ScaledScore(net, path.scale)`` for the discrete training on a dilation path), checked on X₀."""
+    ``ScaledScore(net, path.scale)`` on a dilation path for the discrete training and, when
+    ``scaled`` (a :class:`TrackingEta`), the flow), checked on X₀."""
     model = cfg.score_model
     if model is None:
         model = ScoreMLP(path.dim, cfg.hidden, cfg.activation, generator=gen, dtype=dtype)
-        if cfg.training == "steps" and callable(getattr(path, "scale", None)):
-            # a path that dilates space: learn in its coordinates (see ScaledScore; with
-            # training="flow" the loss curvature in Θ would grow like 1/c(t)², so not by default)
+        if (cfg.training == "steps" or scaled) and callable(getattr(path, "scale", None)):
+            # a path that dilates space: learn in its coordinates (see ScaledScore; with a fixed η
+            # the flow's loss curvature in Θ would grow like 1/c(t)², which TrackingEta absorbs)
             model = ScaledScore(model, path.scale)
     model = model.to(device=device, dtype=dtype)
     _check_score_model(model, x0, cfg.t0)
