@@ -45,7 +45,7 @@ __version__ = "0.1.0"
 
 #: Submodules, imported on first attribute access (``sf.plotting``, ``sf.metrics``, …).
 SUBMODULES = (
-    "bench", "checkpoint", "compat", "config", "density", "diagnostics", "dynamics", "errors", "experiments", "fokker_planck",
+    "bench", "checkpoint", "compat", "config", "density", "diagnostics", "dynamics", "errors", "eta", "experiments", "fokker_planck",
     "learned", "logdensity", "loop", "losses", "mala", "metrics", "ntk", "paths", "plotting", "posteriordb", "result", "sampling", "score",
     "sde", "stiffness", "targets",
 )

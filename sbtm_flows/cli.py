@@ -135,7 +135,7 @@ def _read_config(path: str) -> dict:
 
 
 def _cmd_run(a) -> int:
-    from .experiments import EXPERIMENTS, experiment_config, run_experiment
+    from .experiments import EXPERIMENTS, experiment_config, run_experiment, settle_eta
 
     if a.config:
         cfg = _read_config(a.config)
@@ -149,6 +149,7 @@ def _cmd_run(a) -> int:
         if missing:
             raise _CliError(f"sbtm-flows: config {a.config!r} is missing {', '.join(map(repr, missing))} (needed by {name})")
         cfg.update(_overrides(a))
+        settle_eta(cfg, eta_given=a.eta is not None)  # a file's eta with training="steps" is not used: dropped
         out = pathlib.Path(a.out) if a.out else pathlib.Path(a.config).parent
     else:
         if not a.experiment:

@@ -1,15 +1,18 @@
 r"""Typed run configurations: one dataclass per sampler, validated when built.
 
-``sf.sample(target, method, **kwargs)`` maps its keywords onto the method's configuration
-(:func:`build_config`); a keyword that no field of it takes is an error naming the methods whose
-configuration would take it, and an option that the chosen configuration does not use (``eta``
+:class:`SBTMConfig` groups its options in nested dataclasses (:class:`SolverOptions`,
+:class:`FlowTraining` / :class:`StepsTraining`, :class:`ScoreOptions`, :class:`DensityOptions`).
+``sf.sample(target, method, **kwargs)`` maps its flat keywords onto the method's configuration
+(:func:`build_config`; for SBTM through :data:`FLAT_OPTIONS`); a keyword that it does not take
+is an error naming the methods whose configuration would take it, and an option that the chosen configuration does not use (``eta``
 with ``training="steps"``, ``inner_steps`` with the coupled flow, ``rtol`` with a fixed-step
 solver, ``hidden`` with a custom ``score_model``) is an error naming the configuration that would
 use it.  Options that depend on a choice default to ``None`` ("not given") and get their
 value once the choice is known (for SBTM, after ``training="auto"`` is resolved on the target);
-options the configuration does not use stay ``None``, so a stored configuration rebuilds the run.
+options the configuration does not use stay ``None`` (for SBTM the unused training's group is
+``None``), so a stored configuration rebuilds the run.
 
-:meth:`RunConfig.to_dict` is the JSON form stored in ``result.config``, ``config.json`` and
+:meth:`RunConfig.to_dict` is the (flat) JSON form stored in ``result.config``, ``config.json`` and
 checkpoints (a resume with another configuration is refused).
 """
 
@@ -24,11 +27,15 @@ import torch
 
 from .checkpoint import check_resume
 from .dynamics import DEFAULT_BATCH, check_batch
+from .eta import as_eta
 from .loop import check_positive, config_of
 from .losses import CHUNK
 from .stiffness import FIXED_GRID_SOLVERS
 
-__all__ = ["RunConfig", "SBTMConfig", "ULAConfig", "CONFIGS", "build_config", "TRAININGS", "FLOW_OPTIONS", "STEPS_OPTIONS"]
+__all__ = [
+    "RunConfig", "SBTMConfig", "ULAConfig", "SolverOptions", "FlowTraining", "StepsTraining", "ScoreOptions", "DensityOptions",
+    "CONFIGS", "build_config", "TRAININGS", "FLOW_OPTIONS", "STEPS_OPTIONS", "FLAT_OPTIONS",
+]
 
 TRAININGS = ("flow", "steps", "auto")
 #: Options of the coupled flow (training="flow") and their defaults.
@@ -70,6 +77,17 @@ class RunConfig:
         check_positive("max_nfe", self.max_nfe, integer=True, allow_none=True)
         check_resume(self.resume)
 
+    def _fill(self, options: dict) -> None:
+        """Give each option in ``options`` that was not given its default."""
+        for name, default in options.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The keywords the configuration takes (``sample``'s keywords for its method)."""
+        return {f.name for f in dataclasses.fields(cls)}
+
     def fields(self) -> dict:
         """The configuration as a dict of its field values (objects as they are)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -94,25 +112,122 @@ def default_solver(training: str, eta=None) -> str:
     — stable by construction whatever η·λ_max(∇²_Θ L)·dt becomes —, ``"heun2"`` (the paper's)
     for the discrete training, whose right-hand side is the particle velocity alone, and for
     ``eta="auto"`` (which sizes η to heun2's stability limit instead)."""
-    auto = eta == "auto" if isinstance(eta, str) else type(eta).__name__ == "AutoEta"
+    auto = eta is not None and as_eta(eta).follows_curvature
     return "rkc" if training == "flow" and not auto else "heun2"
-
-
-def _fill(cfg, options: dict) -> None:
-    """Give each option in ``options`` that was not given its default."""
-    for name, default in options.items():
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, default)
 
 
 #: Default number of particles the score diagnostics (F^n, loss, dissipation) average over.
 DIAGNOSTICS_SAMPLE = 65536
 
+
 @dataclass
+class SolverOptions:
+    """The torchdiffeq method and its options (``sample``'s ``solver``, ``rtol``, ``atol``,
+    ``solver_options``): ``method`` — any torchdiffeq method or ``"rkc"``, ``None`` for
+    :func:`default_solver`; ``rtol``/``atol`` — adaptive methods only (``None`` = not given);
+    ``options`` — passed through to torchdiffeq."""
+
+    method: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    options: dict | None = None
+
+
+@dataclass
+class FlowTraining:
+    """``training="flow"``: dΘ/dt = −η∇_Θ L in the ODE state; ``eta`` (default 5), the NTK records
+    ``record_ntk_every`` / ``ntk_reference`` (``None`` = not given)."""
+
+    eta: Any = None
+    record_ntk_every: int | None = None
+    ntk_reference: Callable | None = None
+
+
+@dataclass
+class StepsTraining:
+    """``training="steps"`` (the paper's algorithm): ``inner_steps`` K (default 5) steps of
+    ``optimizer`` (default ``"adam"``) with learning rate ``lr`` (default 1e-3) before each time
+    step (``None`` = not given)."""
+
+    inner_steps: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+
+
+@dataclass
+class ScoreOptions:
+    """The score network and its fit: ``model`` (``sample``'s ``score_model``; ``None``: a
+    :class:`~sbtm_flows.score.ScoreMLP` of ``hidden``/``activation``), the divergence (``"exact"``,
+    ``"hutchinson"`` with ``probes`` probes, ``"auto"``) and the initial fit (``init_steps``, ``init_tol``)."""
+
+    model: torch.nn.Module | None = field(default=None, repr=False)
+    hidden: tuple[int, ...] | None = None
+    activation: str | None = None
+    divergence: str = "auto"
+    probes: int = 1
+    init_steps: int = 3000
+    init_tol: float = 1e-2
+
+
+@dataclass
+class DensityOptions:
+    """The log-density ℓ = log f_t(X) along the particles (``track_logdensity``) and the m
+    held-out particles (``holdout``)."""
+
+    track_logdensity: bool = False
+    holdout: int = 0
+
+
+#: ``sample``'s flat keyword -> (group of :class:`SBTMConfig`, field of the group).
+FLAT_OPTIONS: dict[str, tuple[str, str]] = {
+    "solver": ("solver", "method"), "rtol": ("solver", "rtol"), "atol": ("solver", "atol"),
+    "solver_options": ("solver", "options"),
+    **{k: ("flow", k) for k in FLOW_OPTIONS}, **{k: ("steps", k) for k in STEPS_OPTIONS},
+    "score_model": ("score", "model"), "hidden": ("score", "hidden"), "activation": ("score", "activation"),
+    "divergence": ("score", "divergence"), "probes": ("score", "probes"), "init_steps": ("score", "init_steps"),
+    "init_tol": ("score", "init_tol"),
+    "track_logdensity": ("density", "track_logdensity"), "holdout": ("density", "holdout"),
+}
+#: The group classes of :class:`SBTMConfig`.
+GROUPS: dict[str, type] = {"solver": SolverOptions, "flow": FlowTraining, "steps": StepsTraining, "score": ScoreOptions,
+                           "density": DensityOptions}
+#: The flat form's keys, in the order ``to_dict`` / ``config.json`` have always used.
+FLAT_ORDER = ("solver", "rtol", "atol", "solver_options", "training", "eta", "record_ntk_every", "ntk_reference", "inner_steps",
+              "optimizer", "lr", "score_model", "hidden", "activation", "divergence", "probes", "init_steps", "init_tol",
+              "stop_fisher", "track_logdensity", "holdout", "batch", "chunk", "diagnostics_sample")
+
+
+def _given(group) -> dict:
+    """A group's fields as a dict (``{}`` for an absent group)."""
+    return {} if group is None else {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
+
+
+def _with_defaults(group, defaults: dict):
+    """A copy of ``group`` with each field of ``defaults`` that is ``None`` set to its default."""
+    return dataclasses.replace(group, **{k: v for k, v in defaults.items() if getattr(group, k) is None})
+
+
+@dataclass(init=False)
 class SBTMConfig(RunConfig):
     r"""SBTM: the solver, the training of s_Θ (``"flow"``: dΘ/dt = −η∇_ΘL in the ODE state;
     ``"steps"``: K optimizer steps before each time step; ``"auto"``), the network, the initial
-    fit, the density tracking and held-out particles.
+    fit, the density tracking and held-out particles — in nested groups:
+
+    * ``solver``: :class:`SolverOptions` (``method``, ``rtol``, ``atol``, ``options``);
+    * ``training``: ``"flow"``, ``"steps"`` or ``"auto"``, with the options of the chosen training
+      in ``flow`` (:class:`FlowTraining`: ``eta``, ``record_ntk_every``, ``ntk_reference``) or
+      ``steps`` (:class:`StepsTraining`: ``inner_steps``, ``optimizer``, ``lr``) — the other one is
+      ``None``;
+    * ``score``: :class:`ScoreOptions`; ``density``: :class:`DensityOptions`;
+    * ``stop_fisher``, ``batch``, ``chunk``, ``diagnostics_sample`` and the run options of
+      :class:`RunConfig` at the top.
+
+    Built from groups (``SBTMConfig(solver=SolverOptions("dopri5", rtol=1e-4),
+    training=FlowTraining(eta=10))`` — a :class:`FlowTraining` / :class:`StepsTraining` given as
+    ``training`` also names the training) or from ``sample``'s flat keywords
+    (:data:`FLAT_OPTIONS`: ``SBTMConfig(solver="dopri5", rtol=1e-4, eta=10)`` is the same
+    configuration); flat names also read (``cfg.eta``, ``cfg.inner_steps``: ``None`` when unused).
+    :meth:`fields` / :meth:`to_dict` are the flat form, which rebuilds the configuration.
 
     Options used by one configuration only (``None`` = not given; an error under the other):
     ``eta``, ``record_ntk_every``, ``ntk_reference`` (training="flow");
@@ -140,11 +255,14 @@ class SBTMConfig(RunConfig):
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
             :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
             state; ``"ntk"`` = ``NTKEta()``; a ``ceiling=None`` is set to the stiffness limit
-            ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit).
+            ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit), or ``"track"``
+            (:class:`~sbtm_flows.tracking_eta.TrackingEta`: η = ratio·κ_X/λ_max(∇²_Θ L), the network's
+            fastest mode a fixed multiple faster than the particles' — the dilation path's flow).
         score_model: a network ``(n, d) -> (n, d)``, or a time-conditioned one ``(x, t)``
             (``model.time_conditioned``, e.g. :class:`~sbtm_flows.score.ScaledScore`); default
             :class:`ScoreMLP(hidden, activation)`, wrapped in ``ScaledScore(net, path.scale)``
-            when ``training="steps"`` and the path has a ``scale(t)`` (:class:`~sbtm_flows.paths.Dilation`).
+            when the path has a ``scale(t)`` (:class:`~sbtm_flows.paths.Dilation`) and ``training="steps"``
+            or the η schedule ``absorbs_loss_scale`` (``eta="track"``).
         divergence: ``"exact"``, ``"hutchinson"`` (``probes`` probes) or ``"auto"``.
         init_steps, init_tol: the initial fit of s_Θ to ∇log f_0 (explicit score matching if
             ``init`` has a score, else implicit); its relative error is in ``result.info``.
@@ -198,82 +316,122 @@ class SBTMConfig(RunConfig):
             output times; with ``resume=True`` an existing checkpoint is continued.
     """
 
-    solver: str | None = None
-    rtol: float | None = None
-    atol: float | None = None
-    solver_options: dict | None = None
+    solver: SolverOptions = field(default_factory=SolverOptions)
     training: str = "auto"
-    eta: Any = None
-    record_ntk_every: int | None = None
-    ntk_reference: Callable | None = None
-    inner_steps: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    score_model: torch.nn.Module | None = field(default=None, repr=False)
-    hidden: tuple[int, ...] | None = None
-    activation: str | None = None
-    divergence: str = "auto"
-    probes: int = 1
-    init_steps: int = 3000
-    init_tol: float = 1e-2
+    flow: FlowTraining | None = None
+    steps: StepsTraining | None = None
+    score: ScoreOptions = field(default_factory=ScoreOptions)
+    density: DensityOptions = field(default_factory=DensityOptions)
     stop_fisher: float | None = None
-    track_logdensity: bool = False
-    holdout: int = 0
     batch: int | None = DEFAULT_BATCH
     chunk: int | None = CHUNK
     diagnostics_sample: int | None = DIAGNOSTICS_SAMPLE
+
+    def __init__(self, **options: Any):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        flat: dict[str, dict] = {name: {} for name in GROUPS}
+        for key, value in options.items():
+            if key == "training" and isinstance(value, (FlowTraining, StepsTraining)):
+                self.training = "flow" if isinstance(value, FlowTraining) else "steps"
+                setattr(self, self.training, value)
+            elif key in GROUPS and (isinstance(value, GROUPS[key]) or value is None and key in ("flow", "steps")) \
+                    or key in {f.name for f in dataclasses.fields(self)} - set(GROUPS):
+                setattr(self, key, value)
+            elif key in FLAT_OPTIONS:
+                group, name = FLAT_OPTIONS[key]
+                flat[group][name] = value
+            elif key in GROUPS:
+                raise ValueError(f"{key} must be a {GROUPS[key].__name__}, got {type(value).__name__}")
+            else:
+                raise TypeError(f"SBTMConfig got an unexpected keyword argument {key!r}")
+        for group, values in flat.items():  # flat keywords override their group's fields (copies: never the caller's)
+            if values:
+                current = getattr(self, group)
+                setattr(self, group, GROUPS[group](**values) if current is None else dataclasses.replace(current, **values))
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        """A flat option (``cfg.eta``, ``cfg.rtol``, …) read from its group (``None`` when the group
+        is absent: the option is unused); ``cfg.solver`` is the group."""
+        where = FLAT_OPTIONS.get(name)
+        if where is None or name == "solver":
+            raise AttributeError(f"'SBTMConfig' object has no attribute {name!r}")
+        group = self.__dict__.get(where[0])
+        return None if group is None else getattr(group, where[1])
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The fields and the flat names of the groups' fields (:data:`FLAT_OPTIONS`)."""
+        return {f.name for f in dataclasses.fields(cls)} | set(FLAT_OPTIONS)
+
+    def fields(self) -> dict:
+        """The flat form: the run options and ``sample``'s keywords with their values (objects as they are)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)}
+        for key in FLAT_ORDER:
+            out[key] = self.solver.method if key == "solver" else getattr(self, key)
+        return out
 
     def __post_init__(self) -> None:
         super().__post_init__()
         from .dynamics import check_holdout
         from .sampling import SOLVERS
 
-        self.holdout = check_holdout(self.holdout)
+        self.density = dataclasses.replace(self.density, holdout=check_holdout(self.density.holdout))
         self.batch = check_batch(self.batch)
         check_positive("chunk", self.chunk, integer=True, allow_none=True)
         check_positive("diagnostics_sample", self.diagnostics_sample, integer=True, allow_none=True)
-        if self.solver is not None and self.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {self.solver!r}; valid torchdiffeq methods: {', '.join(sorted(SOLVERS))}")
+        if self.solver.method is not None and self.solver.method not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver.method!r}; valid torchdiffeq methods: {', '.join(sorted(SOLVERS))}")
         if self.training not in TRAININGS:
             raise ValueError(f"unknown training {self.training!r}; valid: {', '.join(TRAININGS)}")
-        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if self.solver is None or self.solver in FIXED_GRID_SOLVERS:  # None: rkc or heun2, both fixed-grid
-            _refuse(given, ADAPTIVE_OPTIONS, f"the fixed-step solver {self.solver!r}", "adaptive solvers (e.g. solver='dopri5')")
-        else:
-            _fill(self, ADAPTIVE_OPTIONS)
-        if self.score_model is not None:
-            _refuse(given, NETWORK_OPTIONS, "a custom score_model", "the default network (score_model=None)")
-        else:
-            _fill(self, NETWORK_OPTIONS)
-        if self.training == "flow":
-            _refuse(given, STEPS_OPTIONS, "training='flow'", "training='steps'")
-        if self.training == "steps":
-            _refuse(given, FLOW_OPTIONS, "training='steps'", "training='flow'")
-        if self.training == "auto" and any(given[k] is not None for k in FLOW_OPTIONS) and any(given[k] is not None for k in STEPS_OPTIONS):
-            flow = next(k for k in FLOW_OPTIONS if given[k] is not None)
-            steps = next(k for k in STEPS_OPTIONS if given[k] is not None)
-            raise ValueError(f"{flow} is an option of training='flow' and {steps} one of training='steps': choose one training")
+        self._check_groups()
         if self.training != "auto":
             self._check_training()
         for name in ("rtol", "atol"):
-            check_positive(name, getattr(self, name), allow_none=True)
-        check_positive("init_tol", self.init_tol)
+            check_positive(name, getattr(self.solver, name), allow_none=True)
+        check_positive("init_tol", self.score.init_tol)
         check_positive("stop_fisher", self.stop_fisher, allow_none=True)
-        if isinstance(self.init_steps, bool) or not isinstance(self.init_steps, int) or self.init_steps < 0:
-            raise ValueError(f"init_steps must be a non-negative integer, got {self.init_steps!r}")
+        steps = self.score.init_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"init_steps must be a non-negative integer, got {steps!r}")
+
+    def _check_groups(self) -> None:
+        """Refuse the options this configuration does not use (naming who uses them); fill the defaults of the used ones."""
+        solver, score = _given(self.solver), _given(self.score)
+        if self.solver.method is None or self.solver.method in FIXED_GRID_SOLVERS:  # None: rkc or heun2, both fixed-grid
+            _refuse(solver, ADAPTIVE_OPTIONS, f"the fixed-step solver {self.solver.method!r}", "adaptive solvers (e.g. solver='dopri5')")
+        else:
+            self.solver = _with_defaults(self.solver, ADAPTIVE_OPTIONS)
+        if self.score.model is not None:
+            _refuse(score, NETWORK_OPTIONS, "a custom score_model", "the default network (score_model=None)")
+        else:
+            self.score = _with_defaults(self.score, NETWORK_OPTIONS)
+        flow, steps = _given(self.flow), _given(self.steps)
+        if self.training == "flow":
+            _refuse(steps, STEPS_OPTIONS, "training='flow'", "training='steps'")
+        if self.training == "steps":
+            _refuse(flow, FLOW_OPTIONS, "training='steps'", "training='flow'")
+        if self.training == "auto" and any(v is not None for v in flow.values()) and any(v is not None for v in steps.values()):
+            f = next(k for k, v in flow.items() if v is not None)
+            s = next(k for k, v in steps.items() if v is not None)
+            raise ValueError(f"{f} is an option of training='flow' and {s} one of training='steps': choose one training")
 
     def _check_training(self) -> None:
-        """Defaults and checks once the training is known."""
-        if self.solver is None:
-            self.solver = default_solver(self.training, self.eta)
-        if self.training == "steps" and self.solver not in FIXED_GRID_SOLVERS:
+        """Defaults and checks once the training is known (the unused training's group is dropped)."""
+        if self.training == "flow":
+            self.flow, self.steps = _with_defaults(self.flow or FlowTraining(), FLOW_OPTIONS), None
+        else:
+            self.flow, self.steps = None, _with_defaults(self.steps or StepsTraining(), STEPS_OPTIONS)
+        if self.solver.method is None:
+            self.solver = dataclasses.replace(self.solver, method=default_solver(self.training, self.eta))
+        if self.training == "steps" and self.solver.method not in FIXED_GRID_SOLVERS:
             raise ValueError(
-                f"training='steps' needs a fixed-step solver ({', '.join(sorted(FIXED_GRID_SOLVERS))}), got {self.solver!r}: the "
-                "network is trained between steps, and an adaptive solver reuses the previous step's last derivative (computed "
-                "before that training), so its error estimate sees the training jump and the step size collapses. Use "
-                "training='flow' (Θ in the ODE state) with adaptive solvers"
+                f"training='steps' needs a fixed-step solver ({', '.join(sorted(FIXED_GRID_SOLVERS))}), got {self.solver.method!r}: "
+                "the network is trained between steps, and an adaptive solver reuses the previous step's last derivative "
+                "(computed before that training), so its error estimate sees the training jump and the step size collapses. "
+                "Use training='flow' (Θ in the ODE state) with adaptive solvers"
             )
-        _fill(self, FLOW_OPTIONS if self.training == "flow" else STEPS_OPTIONS)
         check_positive("record_ntk_every", self.record_ntk_every, integer=True, allow_none=True)
         if self.training == "steps":
             check_positive("lr", self.lr)
@@ -289,16 +447,13 @@ class SBTMConfig(RunConfig):
             return self
         from .sampling import resolve_training
 
-        if any(getattr(self, k) is not None for k in FLOW_OPTIONS):
+        if any(v is not None for v in _given(self.flow).values()):
             training = "flow"
-        elif any(getattr(self, k) is not None for k in STEPS_OPTIONS):
+        elif any(v is not None for v in _given(self.steps).values()):
             training = "steps"
         else:
-            training = resolve_training(path, self.solver)
-        out = dataclasses.replace(self)
-        out.training = training
-        out._check_training()
-        return out
+            training = resolve_training(path, self.solver.method)
+        return dataclasses.replace(self, training=training)
 
 
 @dataclass
@@ -333,10 +488,9 @@ def build_config(method: str, kwargs: dict, config: RunConfig | None = None) -> 
         if not isinstance(config, cls):
             raise ValueError(f"method={method!r} needs a {cls.__name__}, got {type(config).__name__}")
         return config
-    names = {f.name for f in dataclasses.fields(cls)}
     for key in kwargs:
-        if key not in names:
-            others = sorted(m for m, c in CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)})
+        if key not in cls.option_names():
+            others = sorted(m for m, c in CONFIGS.items() if key in c.option_names())
             where = f"it is an option of method={' / '.join(repr(m) for m in others)}" if others else "no method takes it"
             raise ValueError(f"method={method!r} has no option {key!r}; {where}")
     return cls(**kwargs)

@@ -34,7 +34,6 @@ steps of an adaptive run, pass a ``norm`` in ``solver_options`` that ignores the
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Callable
 
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .errors import SamplingError
+from .eta import EtaSchedule, as_eta
 from .losses import CHUNK, divergence, make_probes, map_rows, resolve_divergence, row_blocks, score_matching_grad, score_matching_terms
 from .paths import Path, as_path
 from .paths import time_float as _tfloat
@@ -153,7 +153,7 @@ _STIFF_HINT = (
 
 class _Base(torch.nn.Module):
     def __init__(self, path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
-                 holdout=0, holdout_generator=None):
+                 holdout=0, holdout_generator=None, max_nfe=None, reject_nonfinite=False):
         super().__init__()
         #: m, the number of held-out particles at the end of the state.
         self.holdout = check_holdout(holdout)
@@ -174,14 +174,15 @@ class _Base(torch.nn.Module):
         self.check_finite = check_finite
         self.probes: Tensor | None = None
         self.nfe = 0
-        self.max_nfe: int | None = None
-        #: set by adaptive runs: a non-finite trial state returns REJECT_VALUE derivatives
+        self.max_nfe: int | None = max_nfe
+        #: for adaptive solvers: a non-finite trial state returns REJECT_VALUE derivatives
         #: (the solver rejects the step and shrinks it) instead of raising.
-        self.reject_nonfinite = False
+        self.reject_nonfinite = bool(reject_nonfinite)
         self.configure_scale()
 
     # ---- scale: mini-batches, blocks, shards (see configure_scale) -----------------------
-    def configure_scale(self, batch: int | None = None, chunk: int | None = CHUNK, comm=None, batch_seed: int = 0) -> None:
+    def configure_scale(self, batch: int | None = None, chunk: int | None = CHUNK, comm=None, batch_seed: int = 0,
+                        generator: torch.Generator | None = None) -> None:
         r"""How the loss is spread over the particles.
 
         Args:
@@ -197,7 +198,11 @@ class _Base(torch.nn.Module):
                 particles; the loss gradient (and the loss) are summed over the ranks, the loss
                 being divided by the total count, and the batch m is split over the ranks in
                 proportion to their shards.
+            generator: this process's generator of the training particles' Hutchinson probes
+                (``None``: keep the one the dynamics were built with).
         """
+        if generator is not None:
+            self.generator = generator
         self.batch = check_batch(batch)
         self.chunk = chunk
         self.comm = comm
@@ -251,18 +256,46 @@ class _Base(torch.nn.Module):
                 t=_tfloat(t),
             )
 
-    def _draw_probes(self, n: int, like: Tensor) -> None:
-        if self.divergence == "hutchinson":
-            self.probes = make_probes(
-                self.n_probes, n, self.dim, self.probe_distribution, self.generator, like.dtype, like.device
-            )
+    def draw_probes(self, n: int, like: Tensor) -> Tensor | None:
+        """Draw fresh Hutchinson probes ``(k, n, d)`` for n particles from ``generator`` (dtype and
+        device of ``like``), keep them as :attr:`probes` and return them; ``None`` (nothing drawn)
+        for the exact divergence."""
+        if self.divergence != "hutchinson":
+            return None
+        self.probes = make_probes(self.n_probes, n, self.dim, self.probe_distribution, self.generator, like.dtype, like.device)
+        return self.probes
 
-    def _need_probes(self, x: Tensor) -> Tensor | None:
+    def probes_for(self, x: Tensor) -> Tensor | None:
+        """The Hutchinson probes ``(k, n, d)`` of the particles ``x (n, d)``: the current ones,
+        drawn afresh only when there are none for n particles on x's device; ``None`` for the
+        exact divergence."""
         if self.divergence != "hutchinson":
             return None
         if self.probes is None or self.probes.shape[1] != x.shape[0] or self.probes.device != x.device:
-            self._draw_probes(x.shape[0], x)
+            self.draw_probes(x.shape[0], x)
         return self.probes
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def run_state(self) -> dict:
+        """What a checkpoint needs to continue these dynamics bitwise (plain tensors and data):
+        the evaluation count, the Hutchinson probes (training and held-out) and the states of
+        the probe, held-out and mini-batch generators."""
+        out: dict = {"nfe": int(self.nfe)}
+        for name in ("probes", "holdout_probes"):
+            out[name] = None if getattr(self, name) is None else getattr(self, name).cpu()
+        for name in ("generator", "holdout_generator", "batch_generator"):
+            out[name] = None if getattr(self, name) is None else getattr(self, name).get_state()
+        return out
+
+    def load_run_state(self, state: dict, like: Tensor) -> None:
+        """Inverse of :meth:`run_state` (probes moved to the dtype and device of ``like``)."""
+        self.nfe = int(state["nfe"])
+        for name in ("probes", "holdout_probes"):
+            if state.get(name) is not None:
+                setattr(self, name, state[name].to(like))
+        for name in ("generator", "holdout_generator", "batch_generator"):
+            if state.get(name) is not None and getattr(self, name) is not None:
+                getattr(self, name).set_state(state[name])
 
     # ---- the held-out block: the last m·(d [+ 1]) entries of every state ----------------
     def _holdout_len(self) -> int:
@@ -345,15 +378,19 @@ class SBTMFlow(_Base):
     Args:
         path: a target (constant path) or an annealing path with ``score(x, t)``.
         score_model: the network s_Θ, ``(n, d) -> (n, d)``; its current parameters are Θ₀.
-        eta: η, a number, a callable ``t -> float``, or an object with ``needs_state = True``
-            called as ``eta(t, x, theta, flow)`` from the current state (e.g.
-            :class:`~sbtm_flows.ntk.NTKEta`; the RHS stays a function of (t, y)).
+        eta: η, a number, a callable ``t -> float``, ``"auto"``, ``"ntk"`` or an
+            :class:`~sbtm_flows.eta.EtaSchedule` (made one by :func:`~sbtm_flows.eta.as_eta`);
+            a ``stateful`` schedule (e.g. :class:`~sbtm_flows.ntk.NTKEta`) is evaluated from
+            the current state, so the RHS stays a function of (t, y).
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact for d ≤ 16).
         probes: number of Hutchinson probes (fixed for the run, so the RHS is a
             deterministic function of the state, as adaptive solvers need).
         track_logdensity: append ℓ = log f_t(X) ``(n,)`` to the state.
         holdout: m held-out particles at the end of the state (see the module docstring);
             ``holdout_generator`` draws their Hutchinson probes.
+        max_nfe: raise :class:`SamplingError` after this many right-hand-side evaluations (``None``: no limit).
+        reject_nonfinite: for adaptive solvers: a non-finite trial state gets derivatives
+            ``REJECT_VALUE`` (the solver rejects the step and shrinks it) instead of an error.
 
     Example::
 
@@ -367,7 +404,7 @@ class SBTMFlow(_Base):
         self,
         path,
         score_model: torch.nn.Module,
-        eta: float | Callable[[float], float] = 5.0,
+        eta: float | Callable[[float], float] | str | EtaSchedule = 5.0,
         divergence: str = "auto",
         probes: int = 1,
         probe_distribution: str = "rademacher",
@@ -376,27 +413,28 @@ class SBTMFlow(_Base):
         check_finite: bool = True,
         holdout: int = 0,
         holdout_generator: torch.Generator | None = None,
+        max_nfe: int | None = None,
+        reject_nonfinite: bool = False,
     ):
         super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
-                         holdout, holdout_generator)
-        if not callable(eta):
-            eta = float(eta)
-            if not eta > 0:
-                raise ValueError(f"eta must be > 0, got {eta}")
+                         holdout, holdout_generator, max_nfe, reject_nonfinite)
         self.eta = eta
         self.n_params = sum(p.numel() for p in score_model.parameters())
 
+    @property
+    def eta(self) -> EtaSchedule:
+        """The η schedule (:class:`~sbtm_flows.eta.EtaSchedule`); assigning a number, a callable
+        of t or a string makes it one with :func:`~sbtm_flows.eta.as_eta`."""
+        return self.eta_schedule
+
+    @eta.setter
+    def eta(self, value) -> None:
+        self.eta_schedule = as_eta(value)
+
     def eta_at(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None) -> float:
-        """η(t), or η(t, X, Θ) for a state-dependent η (called without a state, such an η
-        returns its largest value)."""
-        if getattr(self.eta, "needs_state", False):
-            return float(self.eta(t, x, theta, self if x is not None else None))
-        if not callable(self.eta):
-            return self.eta
-        eta = float(self.eta(_tfloat(t)))
-        if not (math.isfinite(eta) and eta > 0):
-            raise ValueError(f"eta(t) must be a positive finite number, got eta({_tfloat(t):.6g}) = {eta!r}")
-        return eta
+        """η(t), or η(t, X, Θ) for a ``stateful`` schedule (called without a state, such a
+        schedule returns its largest value)."""
+        return float(self.eta(t, x, theta, self if x is not None else None))
 
     # ---- state layout -------------------------------------------------------------
     def initial_state(
@@ -416,7 +454,7 @@ class SBTMFlow(_Base):
             if log_density0 is None:
                 raise ValueError("track_logdensity=True needs log_density0 (n,) = log f_0(X_0)")
             parts.append(log_density0.reshape(-1).to(x0))
-        self._draw_probes(x0.shape[0], x0)
+        self.draw_probes(x0.shape[0], x0)
         return self._append_holdout(parts, holdout_x0, holdout_log_density0, x0)
 
     def n_particles(self, y: Tensor) -> int:
@@ -459,7 +497,7 @@ class SBTMFlow(_Base):
         ``comm`` (then L and ∇_Θ L are those of all ranks' particles, s and ∇·s this rank's).
         With ``create_graph`` (and Θ requiring grad) the gradient is this process's part, in one
         graph differentiable in Θ (for Hessian-vector products, see :meth:`hvp`)."""
-        probes = self._need_probes(x) if probes is None else probes
+        probes = self.probes_for(x) if probes is None else probes
         th = theta if theta.requires_grad else theta.detach().requires_grad_(True)
         total = self._total(x.shape[0])
         if create_graph:
@@ -479,7 +517,7 @@ class SBTMFlow(_Base):
     def training_rows(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(X_B (m, d), probes (k, m, d) or None)``: the particles in the loss (the subset
         :attr:`batch_index`, or all) and their Hutchinson probes."""
-        probes = self._need_probes(x)
+        probes = self.probes_for(x)
         if self.batch_index is None:
             return x, probes
         idx = self.batch_index.to(x.device)
@@ -491,7 +529,7 @@ class SBTMFlow(_Base):
         each product is accumulated block by block (memory of one block, one double-backward
         pass per block and product)."""
         th = theta.detach().clone().requires_grad_(True)
-        probes = self._need_probes(x)
+        probes = self.probes_for(x)
         blocks = row_blocks(x.shape[0], self.chunk)
         total = self._total(x.shape[0])
 
@@ -566,9 +604,11 @@ class SBTMSteps(_Base):
         check_finite: bool = True,
         holdout: int = 0,
         holdout_generator: torch.Generator | None = None,
+        max_nfe: int | None = None,
+        reject_nonfinite: bool = False,
     ):
         super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
-                         holdout, holdout_generator)
+                         holdout, holdout_generator, max_nfe, reject_nonfinite)
         if int(inner_steps) < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
         self.inner_steps = int(inner_steps)
@@ -609,8 +649,7 @@ class SBTMSteps(_Base):
         if self.inner_steps == 0:
             return self.last_loss
         x = x.detach()
-        if self.divergence == "hutchinson":
-            self._draw_probes(x.shape[0], x)
+        self.draw_probes(x.shape[0], x)
         model = at_time(self.model, t)
         params = [p for p in self.model.parameters() if p.requires_grad]
         n, m = x.shape[0], self.local_batch(x.shape[0])
@@ -635,6 +674,19 @@ class SBTMSteps(_Base):
             )
         return self.last_loss
 
+    def run_state(self) -> dict:
+        """:meth:`_Base.run_state` plus the network's parameters, the optimizer's state and the
+        optimizer step count (the discrete training keeps Θ outside the ODE state)."""
+        return {**super().run_state(), "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "train_steps": self.train_steps}
+
+    def load_run_state(self, state: dict, like: Tensor) -> None:
+        """Inverse of :meth:`run_state`."""
+        super().load_run_state(state, like)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_steps = state["train_steps"]
+
     def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         """torchdiffeq hook: train before each step (on the training particles only)."""
         self.fit(self.split(y0), t0)
@@ -646,7 +698,7 @@ class SBTMSteps(_Base):
         x = self.split(y).detach()
         if self.check_finite and not torch.isfinite(x).all():
             return self._nonfinite(t, y, "the particles", "lower dt or lr, or use an adaptive solver")
-        probes = self._need_probes(x)
+        probes = self.probes_for(x)
         model = at_time(self.model, t)
         v, dl = passive_rates(self.path, t, x, model, self.divergence, probes, self.track_logdensity, self.check_finite,
                               self.chunk)

@@ -30,7 +30,7 @@ from .result import Result
 from .sampling import sample
 from .targets import BENCHMARK_TARGETS, Gaussian, GaussianMixture
 
-__all__ = ["Experiment", "EXPERIMENTS", "TARGETS", "run_experiment", "make_target", "paper_targets"]
+__all__ = ["Experiment", "EXPERIMENTS", "TARGETS", "run_experiment", "experiment_config", "settle_eta", "make_target", "paper_targets"]
 
 CONFIG_KEYS = ("n", "t_final", "dt", "solver", "sde_solver", "training", "seed", "device", "eta", "save_every", "holdout")
 
@@ -90,7 +90,7 @@ def _run_pair(target, init, cfg: dict, progress: bool, sbtm_extra: dict | None =
                   save_every=cfg["save_every"], progress=progress)
     # the log-density is tracked on held-out particles too, for calibrated log Z / ESS / KL
     density = dict(track_logdensity=True, holdout=cfg["holdout"]) if cfg.get("holdout") else {}
-    flow = {"eta": cfg["eta"]} if cfg["training"] == "flow" else {}  # eta is an option of the coupled flow only
+    flow = {"eta": cfg["eta"]} if cfg.get("eta") is not None else {}  # None with training="steps" (settle_eta)
     sbtm = sample(target, method="sbtm", solver=cfg["solver"], training=cfg["training"], **flow, **common, **density,
                   **(sbtm_extra or {}), **_checkpointing(cfg, "sbtm"))
     ula = sample(target, method="ula", sde_solver=cfg["sde_solver"], **common, **_checkpointing(cfg, "ula"))
@@ -345,7 +345,25 @@ def experiment_config(name: str, quick: bool = False, **overrides) -> dict:
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg["experiment"] = name
     cfg["quick"] = bool(quick)
+    settle_eta(cfg, eta_given=overrides.get("eta") is not None)
     return cfg
+
+
+def settle_eta(cfg: dict, eta_given: bool) -> None:
+    """Make an experiment configuration's ``eta`` match its ``training`` (in place): η is an option
+    of the coupled flow only, so with ``training="steps"`` it is ``None``, and with ``"auto"`` it is
+    kept only when given (a given η makes "auto" the flow, as in ``sample``).
+
+    Raises:
+        ValueError: ``eta_given`` (on the command line) with ``training="steps"`` — it would
+            have no effect; the message names ``--training flow``."""
+    training = cfg.get("training")
+    if training == "steps" and eta_given:
+        raise ValueError(
+            f"eta={cfg['eta']!r} is not used by training='steps' (the paper's discrete training, "
+            f"{cfg.get('experiment', 'this run')}); it is an option of training='flow': drop --eta or pass --training flow")
+    if training == "steps" or (training == "auto" and not eta_given):
+        cfg["eta"] = None
 
 
 def run_experiment(cfg: dict, out: str | pathlib.Path, progress: bool = False, checkpoint: str | pathlib.Path | None = None,

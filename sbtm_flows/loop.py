@@ -398,7 +398,7 @@ def initial_particles(init, n: int | None, dim: int, generator: torch.Generator,
     else:
         if getattr(init, "dim", None) != dim:
             raise ValueError(f"init has dimension {getattr(init, 'dim', None)}, the target has dimension {dim}")
-        samples = callable(getattr(init, "sample", None)) and ("sample" in vars(init) or getattr(init, "has_sample", True))
+        samples = callable(getattr(init, "sample", None)) and ("sample" in getattr(init, "__dict__", {}) or getattr(init, "has_sample", True))
         if not samples:
             raise ValueError(
                 f"init must be a tensor of particles (n, d) or a law with sample(n, generator); {type(init).__name__} "

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .dynamics import SBTMFlow, particle_rates
+from .eta import EtaSchedule
 from .losses import implicit_score_matching
 from .paths import time_float as _tfloat
 from .score import flatten_params, functional_score, unflatten_params
@@ -327,7 +328,7 @@ def loss_rates(
         dict of 0-d tensors ``loss``, ``loss_rate``, ``train_loss`` and ``(P,)`` tensors
         ``grad`` (∇_Θ L^n), ``train_grad`` (∇_Θ L_train), all detached.
     """
-    probes = flow._need_probes(x)
+    probes = flow.probes_for(x)
     with torch.enable_grad():
         th = theta.detach().to(x).requires_grad_(True)
         xr = x.detach().requires_grad_(True)
@@ -434,10 +435,12 @@ def eta_condition(
 # ----------------------------------------------------------------------------------------
 # An η that follows the condition
 # ----------------------------------------------------------------------------------------
-class NTKEta:
+class NTKEta(EtaSchedule):
     r"""η(t) = clip(safety × threshold(t, X, Θ), floor, ceiling), evaluated from the
     current state inside :meth:`SBTMFlow.forward`, so the right-hand side stays a
-    deterministic function of (t, y) and any torchdiffeq solver (fixed or adaptive) works.
+    deterministic function of (t, y) and any torchdiffeq solver (fixed or adaptive) works
+    (a ``stateful`` :class:`~sbtm_flows.eta.EtaSchedule`, which ``wants_ceiling`` when built
+    without one).
 
     Args:
         safety: factor > 0 on the threshold (≥ 1 keeps the loss non-increasing to first order).
@@ -457,7 +460,7 @@ class NTKEta:
             ``None`` uses the trained implicit loss.
     """
 
-    needs_state = True
+    stateful = True
 
     def __init__(self, safety: float = 2.0, floor: float = 1.0, ceiling: float | None = None, bound: str = "exact",
                  reference_score: ReferenceScore | None = None):
@@ -492,6 +495,24 @@ class NTKEta:
         if math.isnan(b):
             b = math.inf
         return min(max(self.safety * b, self.floor), top)
+
+    @property
+    def wants_ceiling(self) -> bool:
+        """True while no ceiling is set (``sample`` then sets the stability ceiling)."""
+        return self.ceiling is None
+
+    def set_ceiling(self, value: float) -> None:
+        """η ≤ ``value`` from now on."""
+        self.ceiling = value
+
+    def state_dict(self) -> dict:
+        """``{"ceiling": the ceiling in force}``."""
+        return {"ceiling": self.ceiling}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict` (a missing or ``None`` ceiling leaves it as it is)."""
+        if state.get("ceiling") is not None:
+            self.ceiling = state["ceiling"]
 
     def __repr__(self) -> str:
         return (f"NTKEta(safety={self.safety:g}, floor={self.floor:g}, ceiling={self.ceiling}, bound={self.bound!r}, "

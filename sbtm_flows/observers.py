@@ -95,5 +95,5 @@ class NTKTrace:
         if k % self.every != 0:
             return dict.fromkeys(NTK_DIAGNOSTICS, float("nan"))
         v, dyn = sampler.view(state, t), sampler.dyn
-        ref = self.reference if self.reference is not None else getattr(dyn.eta, "reference_score", None)
+        ref = self.reference if self.reference is not None else dyn.eta.reference_score
         return eta_condition(dyn, v.x, t, v.theta, reference_score=ref).as_diagnostics()

@@ -144,14 +144,19 @@ class SpectralRadius:
         self.safety, self.max_stages, self.generator = float(safety), int(max_stages), generator
         self.max_iters, self.decay = max(int(max_iters), self.iters), float(decay)
         self.v: Tensor | None = None
-        #: estimate on the first ``head`` state entries only (``None``: all); sampling sets it to
-        #: the training block so that held-out particles leave the stage counts unchanged
+        #: estimate on the first ``head`` state entries only (``None``: all; :meth:`restrict`): the
+        #: SBTM sampler restricts it to the training block so that held-out particles leave the
+        #: stage counts unchanged
         self.head: int | None = None
         self.rho = float("nan")
         self.steps, self.last_refresh, self.f_norm, self.growth = 0, -(10**18), math.inf, 1.0
         self.evaluations = 0
         self.max_rho_h, self.max_stages_used, self.t_max = 0.0, 0, float("nan")
         self.stage_total = 0
+
+    def restrict(self, head: int | None) -> None:
+        """Estimate ρ on the first ``head`` state entries only (``None``: all of them)."""
+        self.head = None if head is None else int(head)
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue bitwise."""

@@ -13,8 +13,6 @@ Fixed-step solvers step on the path's time grid (``path.time_grid``); adaptive s
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -30,6 +28,7 @@ from .distributed import current as current_comm
 from .distributed import is_main_process, rank_path, shard_rows
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
+from .eta import as_eta
 from .guards import FiniteTargetGuard, ParticleStiffness, holdout_outliers
 from .logdensity import initial_log_density, target_log_prob
 from .loop import Recorder, grid_index, make_generator, output_grid, prepare_run, run, splitmix64
@@ -37,9 +36,8 @@ from .paths import Path, as_path
 from .result import Result
 from .rkc import SpectralRadius
 from .score import ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
-from .stiffness import FIXED_GRID_SOLVERS, SOLVER_FACTS, AutoEta, StiffnessMonitor, eta_limit, prerun_check
+from .stiffness import FIXED_GRID_SOLVERS, SOLVER_FACTS, StiffnessMonitor, eta_limit, prerun_check
 from .targets import check_particles
-from .tracking_eta import TrackingEta
 
 __all__ = [
     "sample", "run_sbtm", "SBTMSampler", "SBTMState", "SOLVERS", "FIXED_GRID_SOLVERS", "METHODS", "TRAININGS",
@@ -95,11 +93,11 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
     path, gen, x0, init_target, dtype, device = prepare_run(target, cfg.init, cfg.n, cfg.t0, cfg.t_final, cfg.dt,
                                                             cfg.save_every, cfg.seed, cfg.dtype, cfg.device)
     cfg = cfg.resolved(path)
-    eta = _resolve_eta(cfg.eta, cfg.t0)
+    eta = copy.copy(as_eta(cfg.flow.eta, cfg.t0)) if cfg.training == "flow" else None  # the run sets its value / ceiling
     hgen = holdout_generator(gen)
-    xh0 = holdout_particles(init_target, cfg.holdout, hgen, x0, cfg.track_logdensity)
-    model = _score_network(cfg, path, x0, gen, dtype, device, scaled=isinstance(eta, TrackingEta))
-    grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), cfg.solver in FIXED_GRID_SOLVERS, cfg.times)
+    xh0 = holdout_particles(init_target, cfg.density.holdout, hgen, x0, cfg.density.track_logdensity)
+    model = _score_network(cfg, path, x0, gen, dtype, device, scaled=eta is not None and eta.absorbs_loss_scale)
+    grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), cfg.solver.method in FIXED_GRID_SOLVERS, cfg.times)
     sampler = SBTMSampler(cfg, path, model, eta, grid, grid[out_idx], gen, hgen, init_target, device)
     config_dict = cfg.to_dict()
     ckpt = None
@@ -124,13 +122,13 @@ METHODS["sbtm"] = run_sbtm
 def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device, scaled: bool = False) -> torch.nn.Module:
     """The configured score network (default: :class:`ScoreMLP` drawn from ``gen``, in
     ``ScaledScore(net, path.scale)`` on a dilation path for the discrete training and, when
-    ``scaled`` (a :class:`TrackingEta`), the flow), checked on X₀."""
-    model = cfg.score_model
+    ``scaled`` (an η schedule that ``absorbs_loss_scale``), for the flow), checked on X₀."""
+    model = cfg.score.model
     if model is None:
-        model = ScoreMLP(path.dim, cfg.hidden, cfg.activation, generator=gen, dtype=dtype)
+        model = ScoreMLP(path.dim, cfg.score.hidden, cfg.score.activation, generator=gen, dtype=dtype)
         if (cfg.training == "steps" or scaled) and callable(getattr(path, "scale", None)):
             # a path that dilates space: learn in its coordinates (see ScaledScore; with a fixed η
-            # the flow's loss curvature in Θ would grow like 1/c(t)², which TrackingEta absorbs)
+            # the flow's loss curvature in Θ would grow like 1/c(t)², which a TrackingEta absorbs)
             model = ScaledScore(model, path.scale)
     model = model.to(device=device, dtype=dtype)
     _check_score_model(model, x0, cfg.t0)
@@ -194,7 +192,8 @@ class SBTMSampler:
 
     Args:
         cfg: a resolved :class:`~sbtm_flows.config.SBTMConfig` (``training`` is ``"flow"`` or ``"steps"``).
-        path: the (moved) path; model: the score network; eta: η resolved by :func:`_resolve_eta`.
+        path: the (moved) path; model: the score network; eta: the flow's
+            :class:`~sbtm_flows.eta.EtaSchedule` (``None`` for the discrete training).
         grid: the integration grid ``(m,)`` (the output times ``times (T,)`` for adaptive solvers).
         generator, holdout_generator: the run's generator and the held-out particles' one.
         init_target: the initial law (``None`` when X₀ was given as a tensor).
@@ -203,35 +202,32 @@ class SBTMSampler:
     def __init__(self, cfg, path: Path, model: torch.nn.Module, eta, grid: Tensor, times: Tensor,
                  generator: torch.Generator, holdout_generator: torch.Generator, init_target, device):
         self.cfg, self.path, self.model, self.init_target, self.device = cfg, path, model, init_target, device
-        self.fixed = cfg.solver in FIXED_GRID_SOLVERS
+        self.fixed = cfg.solver.method in FIXED_GRID_SOLVERS
         self.grid, self._where, self._k = grid, grid_index(grid), grid_index(times)
-        common = dict(divergence=cfg.divergence, probes=cfg.probes, generator=generator,
-                      track_logdensity=cfg.track_logdensity, holdout=cfg.holdout, holdout_generator=holdout_generator)
+        common = dict(divergence=cfg.score.divergence, probes=cfg.score.probes, generator=generator,
+                      track_logdensity=cfg.density.track_logdensity, holdout=cfg.density.holdout, holdout_generator=holdout_generator)
+        common.update(max_nfe=cfg.max_nfe, reject_nonfinite=not self.fixed)
         if cfg.training == "flow":
             self.dyn = SBTMFlow(path, model, eta=eta, **common)
         else:
-            self.dyn = SBTMSteps(path, model, inner_steps=cfg.inner_steps, optimizer=cfg.optimizer, lr=cfg.lr, **common)
-        self.dyn.max_nfe = cfg.max_nfe
-        self.dyn.reject_nonfinite = not self.fixed
+            self.dyn = SBTMSteps(path, model, inner_steps=cfg.steps.inner_steps, optimizer=cfg.steps.optimizer, lr=cfg.steps.lr, **common)
         self._scale(generator, eta)
-        self.log_target = target_log_prob(path) if cfg.track_logdensity else None
+        self.log_target = target_log_prob(path) if cfg.density.track_logdensity else None
         self.monitor = None
-        self.spectral = spectral_estimator(cfg.solver, cfg.solver_options, generator)
+        self.spectral = spectral_estimator(cfg.solver.method, cfg.solver.options, generator)
         if cfg.training == "flow" and self.spectral is None:
-            if isinstance(eta, AutoEta):
-                self.monitor = StiffnessMonitor(self.dyn, cfg.solver, eta_limit(cfg.solver), every=20, iters=3,
-                                                generator=generator, auto=eta)
-            elif cfg.stiffness_check and getattr(SOLVER_FACTS.get(cfg.solver), "stability", None) is not None:
-                self.monitor = StiffnessMonitor(self.dyn, cfg.solver, eta_limit(cfg.solver), every=20, generator=generator)
-        self.tracker = eta if cfg.training == "flow" and isinstance(eta, TrackingEta) else None
-        if self.tracker is not None and self.tracker.generator is None:  # reproducible, training stream unchanged
-            self.tracker.generator = torch.Generator().manual_seed(splitmix64(generator.initial_seed() + 0x3C6EF372))
+            if eta.follows_curvature:
+                self.monitor = StiffnessMonitor(self.dyn, cfg.solver.method, eta_limit(cfg.solver.method), every=20, iters=3,
+                                                generator=generator)
+            elif cfg.stiffness_check and getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None:
+                self.monitor = StiffnessMonitor(self.dyn, cfg.solver.method, eta_limit(cfg.solver.method), every=20, generator=generator)
+        self.tracker = eta if cfg.training == "flow" and eta.refresh_every else None
         self.info: dict = {}
         self._view = None
-        stable = getattr(SOLVER_FACTS.get(cfg.solver), "stability", None)
+        stable = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None)
         self.xstiff = None  # the particle block X (both trainings, fixed one-step solvers)
         if cfg.stiffness_check and self.fixed and stable is not None:
-            self.xstiff = ParticleStiffness(path, cfg.solver, stable, "sbtm", generator=torch.Generator().manual_seed(0))
+            self.xstiff = ParticleStiffness(path, cfg.solver.method, stable, "sbtm", generator=torch.Generator().manual_seed(0))
 
     def _scale(self, generator: torch.Generator, eta) -> None:
         """Batch, chunk and, under torch.distributed, the communicator (checked: fixed-step
@@ -239,12 +235,12 @@ class SBTMSampler:
         (the shared stream ``generator`` stays equal on all ranks)."""
         cfg, self.comm, self.gen = self.cfg, current_comm(), generator
         if self.comm is not None:
-            _check_distributed(cfg.solver, self.fixed, cfg.record_ntk_every, eta)
+            _check_distributed(cfg.solver.method, self.fixed, cfg.record_ntk_every, eta)
         self.rank = 0 if self.comm is None else self.comm.rank
+        rank_probes = None if self.comm is None else torch.Generator().manual_seed(
+            splitmix64(generator.initial_seed() + 0x27D4EB2F + self.rank))
         self.dyn.configure_scale(cfg.batch, cfg.chunk, self.comm,
-                                 batch_seed=splitmix64(generator.initial_seed() + 0x5BD1E995 + self.rank))
-        if self.comm is not None:
-            self.dyn.generator = torch.Generator().manual_seed(splitmix64(generator.initial_seed() + 0x27D4EB2F + self.rank))
+                                 batch_seed=splitmix64(generator.initial_seed() + 0x5BD1E995 + self.rank), generator=rank_probes)
         self.rows, self.diag_rows = None, None
 
     def shard(self, n: int) -> slice:
@@ -265,24 +261,21 @@ class SBTMSampler:
         cfg, dyn = self.cfg, self.dyn
         if self.xstiff is not None:  # before the fit: a step the particles cannot take is refused at once
             self.xstiff.start(x0, t0, float(self.grid[1] - self.grid[0]))
-        log_f0 = initial_log_density(self.init_target, x0) if cfg.track_logdensity else None
+        log_f0 = initial_log_density(self.init_target, x0) if cfg.density.track_logdensity else None
         n = x0.shape[0]
         rows = self.shard(n)
         t_fit = time.perf_counter()
-        if cfg.init_steps > 0:  # on `batch` random particles, the same on every rank
+        if cfg.score.init_steps > 0:  # on `batch` random particles, the same on every rank
             x_fit = x0 if dyn.local_batch(n) >= n else x0[_fit_rows(n, cfg.batch, generator)]
-            fit_probes = None
-            if dyn.divergence == "hutchinson":
-                dyn._draw_probes(x_fit.shape[0], x_fit)
-                fit_probes = dyn.probes
+            fit_probes = dyn.draw_probes(x_fit.shape[0], x_fit)
             init_score = self.init_target.score(x_fit) if self.init_target is not None else None
-            self.info["init_fit"] = fit_score(self.model, x_fit, init_score, steps=int(cfg.init_steps), tol=cfg.init_tol,
+            self.info["init_fit"] = fit_score(self.model, x_fit, init_score, steps=int(cfg.score.init_steps), tol=cfg.score.init_tol,
                                               divergence=dyn.divergence, probes=fit_probes, t=t0)
         self.info["init_fit_seconds"] = time.perf_counter() - t_fit
         y = dyn.initial_state(x0[rows], log_density0=None if log_f0 is None else log_f0[rows],
                               holdout_x0=holdout[0], holdout_log_density0=holdout[1])
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
-            self.spectral.head = dyn.training_length(y)
+            self.spectral.restrict(dyn.training_length(y))
         self._track(y, t0, 0)
         if cfg.training == "flow" and self.spectral is None:
             self._start_flow(y, t0, generator)
@@ -293,29 +286,29 @@ class SBTMSampler:
         takes the step at t0: a λ-aware grid starts with small steps where the curvature is large)."""
         cfg, dyn = self.cfg, self.dyn
         h = float(self.grid[1] - self.grid[0]) if self.fixed else cfg.dt
-        if getattr(dyn.eta, "needs_state", False) and getattr(dyn.eta, "ceiling", 0) is None:
+        if dyn.eta.wants_ceiling:
             from .stiffness import stability_ceiling
 
             h_max = float((self.grid[1:] - self.grid[:-1]).max()) if self.fixed else cfg.dt
-            dyn.eta.ceiling = stability_ceiling(dyn, y, h_max, eta_limit(cfg.solver), generator=generator, t=t0)
-            self.info["ntk_eta_ceiling"] = dyn.eta.ceiling
+            self.info["ntk_eta_ceiling"] = stability_ceiling(dyn, y, h_max, eta_limit(cfg.solver.method), generator=generator, t=t0)
+            dyn.eta.set_ceiling(self.info["ntk_eta_ceiling"])
         if cfg.stiffness_check or self.monitor is not None:
             dyn.choose_batch(dyn.n_particles(y), 0)
-            prerun_check(dyn, y, cfg.solver, h, t0, cfg.t_final, generator, self.monitor)
+            prerun_check(dyn, y, cfg.solver.method, h, t0, cfg.t_final, generator, self.monitor)
 
     def _track(self, y: Tensor, t: float, k: int) -> None:
-        """Refresh a :class:`TrackingEta` from the state y at t (``k``: the output interval whose
-        training subset the loss uses)."""
+        """Let an η schedule with ``refresh_every`` re-size η from the state y at t (``k``: the
+        output interval whose training subset the loss uses)."""
         if self.tracker is not None:
             self.dyn.choose_batch(self.dyn.n_particles(y), k)
-            self.tracker.update(self.dyn, y, t)
+            self.tracker.refresh(self.dyn, y, t)
 
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state
         every ``every`` steps: a fixed one-step solver integrates the interval in pieces of that
         many steps (bitwise the same result), however far apart the output times are."""
         cfg, i0, i1 = self.cfg, self._where[t0], self._where[t1]
-        options = dict(cfg.solver_options or {})
+        options = dict(cfg.solver.options or {})
         if self.spectral is not None:
             options["spectral"] = self.spectral
         if cfg.training == "flow":  # the training subset of this output interval
@@ -323,20 +316,20 @@ class SBTMSampler:
         if not self.fixed:
             if self.monitor is not None:
                 self.monitor.check(state.y, t0, cfg.dt, self._k[t0] * int(cfg.save_every))
-            return SBTMState(odeint_chunk(self.dyn, state.y, self.grid[[i0, i1]], cfg.solver, cfg.rtol, cfg.atol, options))
-        one_step = getattr(SOLVER_FACTS.get(cfg.solver), "stability", None) is not None  # not multistep
+            return SBTMState(odeint_chunk(self.dyn, state.y, self.grid[[i0, i1]], cfg.solver.method, cfg.solver.rtol, cfg.solver.atol, options))
+        one_step = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None  # not multistep
         every = min([m.every for m in (self.monitor, self.xstiff) if m is not None and one_step], default=i1 - i0)
-        every = min(every, self.tracker.every) if self.tracker is not None else every
+        every = min(every, int(self.tracker.refresh_every)) if self.tracker is not None else every
         y = state.y
         for a in range(i0, i1, max(1, every)):
             t_a, h_a = float(self.grid[a]), float(self.grid[a + 1] - self.grid[a])
-            if a > i0 or i0 > 0:  # (at the run's start init() has just set it)
+            if a > 0:  # (at the run's start init() has just refreshed it)
                 self._track(y, t_a, self._k[t0])
             if self.xstiff is not None:
                 self.xstiff.check(self.particles(SBTMState(y)), t_a, h_a, a)
             if self.monitor is not None:
                 self.monitor.check(y, t_a, h_a, a)
-            y = odeint_chunk(self.dyn, y, self.grid[a : min(a + max(1, every), i1) + 1], cfg.solver,
+            y = odeint_chunk(self.dyn, y, self.grid[a : min(a + max(1, every), i1) + 1], cfg.solver.method,
                              ADAPTIVE_OPTIONS["rtol"], ADAPTIVE_OPTIONS["atol"], options)  # rtol/atol unused here
         return SBTMState(y)
 
@@ -350,57 +343,34 @@ class SBTMSampler:
         return int(self.dyn.nfe)
 
     def state_dict(self, state: SBTMState) -> dict:
-        """The state vector, evaluation count, probes, generators, stiffness monitor, η ceiling and,
-        for the discrete training, the network, its optimizer and the step count."""
+        """The state vector, the dynamics' run state (evaluation count, probes, generators and, for
+        the discrete training, the network, its optimizer and the step count), the stiffness
+        monitors, the rkc estimator and the η schedule's state."""
         dyn = self.dyn
-        blob = {
-            "y": state.y.detach().cpu(), "nfe": int(dyn.nfe), "info": dict(self.info),
-            "monitor": None if self.monitor is None else {**self.monitor.state_dict(), "max_z": self.monitor.max_z,
-                                                          "t_max_z": self.monitor.t_max_z},
-            "eta_ceiling": getattr(getattr(dyn, "eta", None), "ceiling", None),
+        return {
+            "y": state.y.detach().cpu(), **dyn.run_state(), "info": dict(self.info),
+            "monitor": None if self.monitor is None else self.monitor.state_dict(),
+            "eta": dyn.eta.state_dict() if self.cfg.training == "flow" else None,
             "stiffness_x": None if self.xstiff is None else self.xstiff.state_dict(),
             "spectral": None if self.spectral is None else self.spectral.state_dict(),
-            "eta_tracking": None if self.tracker is None else self.tracker.state_dict(),
             "n": int(self.particles(state).shape[0]),
         }
-        for name in ("probes", "holdout_probes"):
-            blob[name] = None if getattr(dyn, name) is None else getattr(dyn, name).cpu()
-        for name in ("generator", "holdout_generator", "batch_generator"):
-            blob[name] = None if getattr(dyn, name) is None else getattr(dyn, name).get_state()
-        if self.cfg.training == "steps":
-            blob["model"] = {k: v.detach().cpu() for k, v in dyn.model.state_dict().items()}
-            blob["optimizer"] = dyn.optimizer.state_dict()
-            blob["train_steps"] = dyn.train_steps
-        return blob
 
     def load_state_dict(self, blob: dict) -> SBTMState:
         """Inverse of :meth:`state_dict`."""
         dyn = self.dyn
         y = blob["y"].to(device=self.device)
-        dyn.nfe = int(blob["nfe"])
+        dyn.load_run_state(blob, y)
         self.shard(int(blob["n"]))
         self.info.update(blob["info"])
-        for name in ("probes", "holdout_probes"):
-            if blob.get(name) is not None:
-                setattr(dyn, name, blob[name].to(y))
-        for name in ("generator", "holdout_generator", "batch_generator"):
-            if blob.get(name) is not None and getattr(dyn, name) is not None:
-                getattr(dyn, name).set_state(blob[name])
         if self.monitor is not None:
             self.monitor.load_state_dict(blob["monitor"])
-            self.monitor.max_z, self.monitor.t_max_z = blob["monitor"]["max_z"], blob["monitor"]["t_max_z"]
         if self.spectral is not None and blob.get("spectral") is not None:
             self.spectral.load_state_dict(blob["spectral"])
-        if self.tracker is not None and blob.get("eta_tracking") is not None:
-            self.tracker.load_state_dict(blob["eta_tracking"])
-        if blob.get("eta_ceiling") is not None:
-            dyn.eta.ceiling = blob["eta_ceiling"]
+        if self.cfg.training == "flow":
+            dyn.eta.load_state_dict(_eta_state(blob))
         if self.xstiff is not None and blob.get("stiffness_x") is not None:
             self.xstiff.load_state_dict(blob["stiffness_x"])
-        if self.cfg.training == "steps":
-            dyn.model.load_state_dict(blob["model"])
-            dyn.optimizer.load_state_dict(blob["optimizer"])
-            dyn.train_steps = blob["train_steps"]
         return SBTMState(y)
 
     # ---- what is recorded -----------------------------------------------------------------
@@ -414,7 +384,7 @@ class SBTMSampler:
             fn = dyn.score_fn(theta, t)
         else:
             x, theta, fn = dyn.split(y), flatten_params(self.model), at_time(self.model, t)
-        xh, logdh = dyn.split_holdout(y) if self.cfg.holdout else (None, None)
+        xh, logdh = dyn.split_holdout(y) if self.cfg.density.holdout else (None, None)
         logd, comm = dyn.log_density(y), self.comm
         v = SBTMView(self, y, t, x, theta, fn, logd, xh, logdh, x_all=x if comm is None else comm.gather_rows(x),
                      log_density_all=logd if comm is None or logd is None else comm.gather_rows(logd))
@@ -423,7 +393,7 @@ class SBTMSampler:
 
     def probes(self, x: Tensor) -> Tensor | None:
         """The Hutchinson probes ``(m, n, d)`` of the training particles (``None`` for the exact divergence)."""
-        return self.dyn._need_probes(x)
+        return self.dyn.probes_for(x)
 
     def diagnostic_particles(self, v: SBTMView) -> tuple[Tensor, Tensor | None]:
         """``(X (k, d), probes (m, k, d) or None)``: the particles the score diagnostics are means
@@ -444,14 +414,14 @@ class SBTMSampler:
         from .observers import DensityDiagnostics, EtaTrace, HeldOutStatus, NTKTrace, ScoreDiagnostics
 
         cfg, out = self.cfg, [FiniteTargetGuard(self.path), ScoreDiagnostics()]
-        if cfg.holdout:
+        if cfg.density.holdout:
             out.append(HeldOutStatus())
-        if cfg.track_logdensity and self.log_target is not None:
+        if cfg.density.track_logdensity and self.log_target is not None:
             out.append(DensityDiagnostics(self.log_target, getattr(self.path.target, "log_Z", None)))
-        if cfg.training == "flow" and not getattr(self.dyn.eta, "needs_state", False):
+        if cfg.training == "flow" and not self.dyn.eta.stateful:
             out.append(EtaTrace())
-        if cfg.record_ntk_every is not None:
-            out.append(NTKTrace(cfg.record_ntk_every, cfg.ntk_reference))
+        if cfg.flow is not None and cfg.flow.record_ntk_every is not None:
+            out.append(NTKTrace(cfg.flow.record_ntk_every, cfg.flow.ntk_reference))
         return out
 
     def finish(self, state: SBTMState, packed: dict, info: dict) -> dict:
@@ -460,20 +430,20 @@ class SBTMSampler:
         info.update({k: v for k, v in self.info.items() if k not in info})
         if cfg.training == "steps":
             info["train_steps"] = self.dyn.train_steps
-        info["solver"] = cfg.solver
+        info["solver"] = cfg.solver.method
         if self.spectral is not None:
             info["rkc"] = self.spectral.summary()
-        if self.tracker is not None:
-            info["eta_tracking"] = self.tracker.summary()
+        if cfg.training == "flow" and self.dyn.eta.summary() is not None:
+            info["eta_schedule"] = self.dyn.eta.summary()
         if self.xstiff is not None:
             info["stiffness_x"] = self.xstiff.record()
         if self.monitor is not None and self.monitor.max_z > 0:
             info["stiffness"] = {"max_eta_lambda_dt": self.monitor.max_z, "at_t": self.monitor.t_max_z,
                                  "solver_limit": self.monitor.limit}
-        if cfg.track_logdensity and self.log_target is None:
+        if cfg.density.track_logdensity and self.log_target is None:
             info["density_diagnostics"] = "unavailable: the target has no log_prob (kl_plus_logz, log_z, ess need log π̃)"
-        elif cfg.track_logdensity and cfg.holdout:
-            info["density_diagnostics"] = (f"on the {cfg.holdout} held-out particles (never trained on); the training "
+        elif cfg.density.track_logdensity and cfg.density.holdout:
+            info["density_diagnostics"] = (f"on the {cfg.density.holdout} held-out particles (never trained on); the training "
                                            "particles' values are the *_train diagnostics (biased, see sbtm_flows.logdensity)")
         return self._result_fields(state, packed)
 
@@ -481,7 +451,7 @@ class SBTMSampler:
         last = {k: packed[k][-1] if k in packed else None
                 for k in ("log_density_trajectory", "holdout_trajectory", "holdout_log_density_trajectory")}
         lt = self.log_target
-        lost = self.view(state, float(packed["times"][-1])).holdout_lost.cpu() if self.cfg.holdout else None
+        lost = self.view(state, float(packed["times"][-1])).holdout_lost.cpu() if self.cfg.density.holdout else None
         return dict(
             thetas=packed.get("thetas"),
             score_config=_score_config(self.model, packed["times"]),
@@ -569,7 +539,7 @@ def _check_distributed(solver: str, fixed: bool, record_ntk_every, eta) -> None:
             "solver 'rkc' picks its stage count from a spectral estimate of each rank's own shard, so the ranks would take "
             "different steps and their Θ would drift apart: use solver='heun2' (with a stable eta, e.g. eta='auto') for "
             "data-parallel runs, or run in one process")
-    if record_ntk_every is not None or getattr(eta, "needs_state", False):
+    if record_ntk_every is not None or (eta is not None and eta.stateful):
         raise ValueError("the NTK tools (record_ntk_every, eta='ntk') need all particles in one process: run without "
                          "torch.distributed")
 
@@ -612,29 +582,12 @@ def _score_config(model, times: Tensor) -> dict | None:
     return cfg
 
 
-def _resolve_eta(eta, t0: float = 0.0):
-    """``"auto"`` -> a fresh :class:`AutoEta`, ``"ntk"`` -> a fresh ``NTKEta()``, ``"track"`` -> a
-    fresh :class:`TrackingEta`; an ``AutoEta``, ``NTKEta`` or ``TrackingEta`` is copied (``sample``
-    sets its value / ceiling); a callable of t must return a finite non-negative number at ``t0``."""
-    from .ntk import NTKEta
-
-    if isinstance(eta, str):
-        if eta == "auto":
-            return AutoEta()
-        if eta == "ntk":
-            return NTKEta()
-        if eta == "track":
-            return TrackingEta()
-        raise ValueError(f"eta must be a number, a callable of t, 'auto', 'ntk', 'track' or an NTKEta, got {eta!r}")
-    if isinstance(eta, TrackingEta):
-        return eta.fresh()
-    if isinstance(eta, (NTKEta, AutoEta)):
-        return copy.copy(eta)
-    if callable(eta):
-        v = eta(t0)
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"eta(t) must return a finite non-negative number; eta({t0:g}) returned {v!r}")
-    return eta
+def _eta_state(blob: dict) -> dict:
+    """The η schedule's state in a checkpoint blob (in checkpoints written before the η protocol:
+    an AutoEta's value in the monitor's blob, an NTKEta's ceiling under ``eta_ceiling``)."""
+    if blob.get("eta") is not None:
+        return blob["eta"]
+    return {"value": (blob.get("monitor") or {}).get("eta"), "ceiling": blob.get("eta_ceiling")}
 
 
 def holdout_generator(gen: torch.Generator) -> torch.Generator:

@@ -120,6 +120,10 @@ class LangevinSDE(torch.nn.Module):
         #: raise :class:`SamplingError` once the drift has been evaluated this many times.
         self.max_nfe = max_nfe
 
+    def restore_count(self, nfe: int) -> None:
+        """Continue counting drift evaluations from ``nfe`` (a resumed run)."""
+        self.nfe = int(nfe)
+
     def f(self, t: Tensor | float, y: Tensor) -> Tensor:
         """Drift ∇log π_t(y), ``(n, d) -> (n, d)``; raises :class:`SamplingError` if NaN/inf
         or once ``max_nfe`` drift evaluations are used up."""
@@ -325,7 +329,7 @@ class ULASampler:
 
     def load_state_dict(self, blob: dict) -> ULAState:
         """Inverse of :meth:`state_dict` (particles back on the path's dtype/device)."""
-        self.sde.nfe = int(blob["nfe"])
+        self.sde.restore_count(int(blob["nfe"]))
         if self.stiffness is not None and blob.get("stiffness_x") is not None:
             self.stiffness.load_state_dict(blob["stiffness_x"])
         if not self.blocks:  # (this rank's rows: the checkpoint holds its shard)

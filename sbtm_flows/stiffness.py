@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .errors import SamplingError
+from .eta import EtaSchedule
 
 if TYPE_CHECKING:
     from .dynamics import SBTMFlow
@@ -133,16 +134,19 @@ def hessian_max_eigenvalue(
     return lam, (v / v.norm()).detach()
 
 
-class AutoEta:
+class AutoEta(EtaSchedule):
     r"""η(t) = min(``eta_max``, ``safety``·c / (λ_max(∇²_Θ L)(t)·h)): the largest η that an
     explicit solver with real stability limit c keeps stable at step h, with λ_max tracked
-    along the run by a :class:`StiffnessMonitor` (which calls :meth:`update`).
+    along the run by a :class:`StiffnessMonitor` (which calls :meth:`observe_curvature`): an
+    :class:`~sbtm_flows.eta.EtaSchedule` that ``follows_curvature``.
 
     This is ``sample(..., eta="auto")``: as fast a network relaxation as the step size allows
     (η → ∞ as h → 0, the limit in which s_Θ is always the loss minimiser).
     Piecewise constant between monitor checks, so the ODE right-hand side stays a
     deterministic function of (t, y) on every solver step.
     """
+
+    follows_curvature = True
 
     def __init__(self, safety: float = 0.6, eta_max: float = 100.0):
         if not 0 < safety <= 1:
@@ -157,10 +161,23 @@ class AutoEta:
         self.value = self.eta_max if not lam > 0 else min(self.eta_max, stable_eta(lam, h, limit, self.safety))
         return self.value
 
-    def __call__(self, t: float) -> float:
+    def observe_curvature(self, lam: float, limit: float, h: float) -> None:
+        """The monitor's λ_max, stability limit and step: :meth:`update`."""
+        self.update(lam, limit, h)
+
+    def __call__(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None, flow=None) -> float:
+        """The η last set by :meth:`update` (the same at every t until the next monitor check)."""
         if self.value is None:
             raise RuntimeError("AutoEta has no value yet: sample() sets it from the initial curvature")
         return self.value
+
+    def state_dict(self) -> dict:
+        """``{"value": η}`` (``None`` before the first curvature estimate)."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.value = state.get("value")
 
     def __repr__(self) -> str:
         return f"AutoEta(safety={self.safety}, eta_max={self.eta_max})"
@@ -178,29 +195,29 @@ class StiffnessMonitor:
     but with spikes in F^n and a score that can be silently wrong (§5.1, heun2, η = 5: F^n 44×
     its exact value at t ≈ 0.75), so :meth:`check` raises a SamplingError (naming t, z and what to do),
     keeps the largest z seen (``max_z``, ``t_max_z``), and leaves divergence to the NaN checks.
+    Every check tells the flow's η schedule the curvature
+    (:meth:`~sbtm_flows.eta.EtaSchedule.observe_curvature`: an :class:`AutoEta` sets η from it).
     """
 
     def __init__(self, flow: SBTMFlow, solver: str, limit: float, every: int = 50, iters: int = 2,
-                 generator: torch.Generator | None = None, auto: "AutoEta | None" = None):
+                 generator: torch.Generator | None = None):
         self.flow, self.solver, self.limit = flow, solver, float(limit)
         self.every, self.iters, self.generator = int(every), int(iters), generator
-        self.auto = auto
         self.v: Tensor | None = None
         self.lam = float("nan")
         self.last_step = -(10**18)
         self.max_z, self.t_max_z = 0.0, float("nan")
 
     def state_dict(self) -> dict:
-        """What a checkpoint needs to continue the monitor (and an AutoEta) bitwise."""
+        """What a checkpoint needs to continue the monitor bitwise (the η schedule keeps its own)."""
         return {"v": None if self.v is None else self.v.cpu(), "lam": self.lam, "last_step": self.last_step,
-                "eta": None if self.auto is None else self.auto.value}
+                "max_z": self.max_z, "t_max_z": self.t_max_z}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
         self.v = state["v"]  # moved to Θ's device and dtype by the next estimate
         self.lam, self.last_step = state["lam"], state["last_step"]
-        if self.auto is not None:
-            self.auto.value = state["eta"]
+        self.max_z, self.t_max_z = state.get("max_z", 0.0), state.get("t_max_z", float("nan"))
 
     def estimate(self, y: Tensor, iters: int | None = None, t: float | None = None) -> float:
         """Update and return the λ_max estimate at state y (time t)."""
@@ -219,8 +236,7 @@ class StiffnessMonitor:
         if step - self.last_step >= self.every:
             self.last_step = step
             self.estimate(y, t=t)
-        if self.auto is not None:
-            self.auto.update(self.lam, self.limit, h)
+        self.flow.eta.observe_curvature(self.lam, self.limit, h)
         z = self.z(y, t, h)
         if z > self.max_z:
             self.max_z, self.t_max_z = z, t
@@ -259,8 +275,7 @@ def prerun_check(flow: "SBTMFlow", y: Tensor, solver: str, h: float, t0: float, 
     if monitor is not None:
         lam = monitor.estimate(y, iters=30, t=t0)
         monitor.last_step = 0  # the check at step 0 need not estimate again
-        if monitor.auto is not None:
-            monitor.auto.update(lam, monitor.limit, h)
+        flow.eta.observe_curvature(lam, monitor.limit, h)
     else:
         lam = hessian_max_eigenvalue(flow, y, generator=gen, t=t0)
     eta = flow.eta_at(t0)

@@ -23,10 +23,14 @@ radius of the coupled system stays ≈ (1 + ratio)·κ_X and an rkc step of size
 √(1.2·(1 + ratio)·κ_X·h/0.65) stages (on a λ²-graded dilation grid κ_X·h is constant).
 λ_max comes from warm-started Lanczos (:func:`~sbtm_flows.stiffness.hessian_max_eigenvalue`),
 κ_X from a warm-started batched power iteration; both are refreshed every ``every`` steps
-by the sampler (:meth:`update`), so η is piecewise constant in t and the right-hand side a
-deterministic function of the state on every step.
+by the sampler (:meth:`refresh`, the ``refresh_every`` capability of
+:class:`~sbtm_flows.eta.EtaSchedule`), so η is piecewise constant in t and the right-hand side
+a deterministic function of the state on every step.  Because η follows λ_max, a loss scaled by
+c(t)⁻² (a :class:`~sbtm_flows.score.ScaledScore` on a dilation path) leaves the stiffness
+unchanged (``absorbs_loss_scale``): with this η the default network on such a path is a
+ScaledScore, as for the discrete training.
 
-``sample(..., eta="track")`` is ``TrackingEta()``; ``result.info["eta_tracking"]`` records the
+``sample(..., eta="track")`` is ``TrackingEta()``; ``result.info["eta_schedule"]`` records the
 range of η, λ_max and κ_X seen.
 """
 
@@ -37,13 +41,14 @@ import math
 import torch
 from torch import Tensor
 
+from .eta import EtaSchedule
 from .guards import particle_curvature
 from .stiffness import hessian_max_eigenvalue
 
 __all__ = ["TrackingEta"]
 
 
-class TrackingEta:
+class TrackingEta(EtaSchedule):
     r"""η(t) = clip(ratio·max(κ_X, κ_min)/λ_max(∇²_Θ L), eta_min, eta_max) (module docstring),
     a callable of t between the sampler's refreshes.
 
@@ -54,12 +59,14 @@ class TrackingEta:
         kappa_min: floor of κ_X (a rate, 1/time), so a target flat at every particle
             (κ_X = 0) still gets a network relaxing at rate ``ratio·kappa_min``.
         eta_min, eta_max: bounds of η.
-        generator: draws the iterations' first vectors (runs are reproducible).
+        seed: seeds the iterations' random vectors (the generator's state is checkpointed).
     """
+
+    absorbs_loss_scale = True
 
     def __init__(self, ratio: float = 50.0, every: int = 10, iters: int = 3, first_iters: int = 10,
                  kappa_min: float = 1.0, eta_min: float = 1e-6, eta_max: float = 1e4,
-                 generator: torch.Generator | None = None):
+                 seed: int = 0):
         for name, v in (("ratio", ratio), ("kappa_min", kappa_min), ("eta_min", eta_min), ("eta_max", eta_max)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ValueError(f"TrackingEta: {name} must be a positive finite number, got {v!r}")
@@ -70,8 +77,8 @@ class TrackingEta:
                 raise ValueError(f"TrackingEta: {name} must be an integer >= 1, got {v!r}")
         self.ratio, self.kappa_min = float(ratio), float(kappa_min)
         self.eta_min, self.eta_max = float(eta_min), float(eta_max)
-        self.every, self.iters, self.first_iters = every, iters, first_iters
-        self.generator = generator
+        self.every, self.iters, self.first_iters, self.seed = every, iters, first_iters, int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.value: float | None = None
         self.lam = self.kappa = float("nan")
         self.v_theta: Tensor | None = None
@@ -79,16 +86,21 @@ class TrackingEta:
         self.record = {"refreshes": 0, "eta_min_seen": math.inf, "eta_max_seen": 0.0, "lam_max_seen": 0.0,
                        "kappa_max_seen": 0.0}
 
-    def fresh(self) -> "TrackingEta":
-        """A new, not yet updated TrackingEta with the same settings (and generator)."""
+    @property
+    def refresh_every(self) -> int:
+        """Integration steps between refreshes (the :class:`~sbtm_flows.eta.EtaSchedule` capability)."""
+        return self.every
+
+    def __copy__(self) -> "TrackingEta":
+        """A new, not yet refreshed TrackingEta with the same settings (what a run starts from)."""
         return TrackingEta(self.ratio, self.every, self.iters, self.first_iters, self.kappa_min, self.eta_min,
-                           self.eta_max, self.generator)
+                           self.eta_max, self.seed)
 
     def rate(self) -> float:
         """The network's target relaxation rate ratio·max(κ_X, κ_min) (1/time)."""
         return self.ratio * max(self.kappa, self.kappa_min)
 
-    def update(self, flow, y: Tensor, t: float) -> float:
+    def refresh(self, flow, y: Tensor, t: float) -> float:
         r"""Re-estimate λ_max(∇²_Θ L) and κ_X at the state y ``(len,)`` of ``flow`` (an
         :class:`~sbtm_flows.dynamics.SBTMFlow`) at time t and set η; returns it."""
         first = self.value is None
@@ -106,27 +118,29 @@ class TrackingEta:
         r["lam_max_seen"], r["kappa_max_seen"] = max(r["lam_max_seen"], self.lam), max(r["kappa_max_seen"], self.kappa)
         return self.value
 
-    def __call__(self, t: float) -> float:
+    def __call__(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None, flow=None) -> float:
+        """η, constant between refreshes (the state arguments are not used)."""
         if self.value is None:
-            raise RuntimeError("TrackingEta has no value yet: sample() sets it from the initial state (update())")
+            raise RuntimeError("TrackingEta has no value yet: sample() sets it from the initial state (refresh())")
         return self.value
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue bitwise."""
         return {"value": self.value, "lam": self.lam, "kappa": self.kappa, "record": dict(self.record),
                 "v_theta": None if self.v_theta is None else self.v_theta.cpu(),
-                "v_x": None if self.v_x is None else self.v_x.cpu()}
+                "v_x": None if self.v_x is None else self.v_x.cpu(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
         self.value, self.lam, self.kappa = state["value"], state["lam"], state["kappa"]
         self.record = dict(state["record"])
         self.v_theta, self.v_x = state["v_theta"], state["v_x"]
+        self.generator.set_state(state["generator"])
 
-    def summary(self) -> dict:
+    def summary(self) -> dict | None:
         """Range of η, largest λ_max and κ_X seen, number of refreshes."""
         return dict(self.record)
 
     def __repr__(self) -> str:
         return (f"TrackingEta(ratio={self.ratio}, every={self.every}, iters={self.iters}, kappa_min={self.kappa_min}, "
-                f"eta_min={self.eta_min}, eta_max={self.eta_max})")
+                f"eta_min={self.eta_min}, eta_max={self.eta_max}, seed={self.seed})")

@@ -120,6 +120,9 @@ def test_sample_a_posteriordb_target_reports_errors_against_its_reference(tmp_pa
         ["sample", "--target", "gaussian1d", "--resume", "--out", "{tmp}/a"],
         ["sample", "--target", "gaussian1d", "--checkpoint", "/proc/forbidden", "--out", "{tmp}/a"],
         ["sample", "--target", "gaussian1d", "--device", "cuda:7", "--out", "{tmp}/a"],
+        ["run", "gaussian-1d", "--quick", "--training", "steps", "--eta", "3", "--out", "{tmp}/a"],  # eta unused: refused
+        ["run", "dilation-2d", "--quick", "--eta", "3", "--out", "{tmp}/a"],  # the experiment's training is "steps"
+        ["run", "--config", "{tmp}/steps.json", "--eta", "3"],
     ],
 )
 def test_bad_input_exits_with_one_line(tmp_path, args):
@@ -127,6 +130,7 @@ def test_bad_input_exits_with_one_line(tmp_path, args):
     (tmp_path / "list.json").write_text(json.dumps([1, 2]))
     (tmp_path / "missing_key.json").write_text(json.dumps({"experiment": "gaussian-1d", **{k: v for k, v in good.items() if k != "dt"}}))
     (tmp_path / "bad_value.json").write_text(json.dumps({"experiment": "gaussian-1d", **good, "sde_solver": "nope"}))
+    (tmp_path / "steps.json").write_text(json.dumps({"experiment": "gaussian-1d", **good, "training": "steps"}))
     p = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], check=False)
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
@@ -201,3 +205,19 @@ def test_ctrl_c_writes_a_checkpoint_and_partial_results_and_exits_130(tmp_path):
     partial = sf.load(out / "partial_ula.pt")
     assert partial.times.numel() == blob["k"] + 1 >= 51 and partial.info.get("interrupted")
     assert not (ck / "ula.ckpt.lock").exists() and not (ck / "ula.ckpt.tmp").exists()
+
+
+def test_eta_follows_the_experiments_training():
+    """η is an option of the coupled flow: a given η with training="steps" is refused naming the
+    way out, an experiment default η is dropped for "steps" (and for "auto", which then chooses
+    by itself), and kept for the flow."""
+    from sbtm_flows.experiments import experiment_config
+
+    with pytest.raises(ValueError, match=r"eta=3\.0 is not used by training='steps'.*--training flow"):
+        experiment_config("gaussian-1d", training="steps", eta=3.0)
+    with pytest.raises(ValueError, match="--training flow"):
+        experiment_config("dilation-2d", eta=3.0)
+    assert experiment_config("dilation-2d")["eta"] is None and experiment_config("gaussian-1d", training="steps")["eta"] is None
+    assert experiment_config("gaussian-1d", training="auto")["eta"] is None
+    assert experiment_config("gaussian-1d", training="auto", eta=3.0)["eta"] == 3.0
+    assert experiment_config("gaussian-1d")["eta"] == 5.0 and experiment_config("dilation-2d", training="flow", eta=2.0)["eta"] == 2.0

@@ -73,3 +73,50 @@ def test_a_config_object_is_used_as_given_and_not_mixed_with_keywords():
         sf.sampling.run_sbtm(T1, SBTMConfig(**KW), seed=3)
     with pytest.raises(ValueError, match="needs a ULAConfig"):
         build_config("ula", {}, SBTMConfig())
+
+
+def test_nested_groups_and_flat_keywords_build_the_same_configuration():
+    from sbtm_flows.config import DensityOptions, FlowTraining, ScoreOptions, SolverOptions, StepsTraining
+
+    nested = SBTMConfig(solver=SolverOptions("dopri5", rtol=1e-4), training=FlowTraining(eta=10.0),
+                        score=ScoreOptions(hidden=(8,), divergence="exact"), density=DensityOptions(holdout=4))
+    flat = SBTMConfig(solver="dopri5", rtol=1e-4, training="flow", eta=10.0, hidden=(8,), divergence="exact", holdout=4)
+    assert nested == flat and nested.training == "flow" and nested.steps is None
+    assert (nested.solver.atol, nested.flow.eta, nested.score.activation) == (1e-6, 10.0, "silu")  # defaults filled
+    assert flat.eta == 10.0 and flat.rtol == 1e-4 and flat.inner_steps is None  # flat names read from the groups
+    assert SBTMConfig(**flat.fields()) == flat  # the flat form (config.json, result.config) rebuilds it
+    mine = SolverOptions("dopri5")
+    assert SBTMConfig(solver=mine, rtol=1e-3).solver.rtol == 1e-3 and mine.rtol is None  # a flat keyword overrides a copy
+    steps = SBTMConfig(training=StepsTraining(inner_steps=2))
+    assert (steps.training, steps.steps.lr, steps.solver.method, steps.flow) == ("steps", 1e-3, "heun2", None)
+
+
+@pytest.mark.parametrize(
+    ("kw", "err", "match"),
+    [
+        (lambda C: dict(training="steps", flow=C.FlowTraining(eta=2.0)), ValueError,
+         r"eta=2.0 is not used by training='steps'; it is an option of training='flow'"),
+        (lambda C: dict(training=C.FlowTraining(), steps=C.StepsTraining(lr=0.1)), ValueError, r"lr=0.1 is not used by training='flow'"),
+        (lambda C: dict(solver=C.SolverOptions("heun2", atol=1e-3)), ValueError, r"atol=0.001 is not used by the fixed-step solver 'heun2'"),
+        (lambda C: dict(score=C.ScoreOptions(model=torch.nn.Linear(1, 1), activation="tanh")), ValueError, "activation.*custom score_model"),
+        (lambda C: dict(score=5), ValueError, "score must be a ScoreOptions, got int"),
+        (lambda C: dict(solver=C.SolverOptions("nope")), ValueError, "unknown solver 'nope'"),
+        (lambda C: dict(density=C.DensityOptions(holdout=-1)), ValueError, "holdout must be a non-negative integer"),
+        (lambda C: dict(etta=1.0), TypeError, "unexpected keyword argument 'etta'"),
+    ],
+)
+def test_nested_groups_refuse_unused_options_and_bad_values(kw, err, match):
+    from sbtm_flows import config
+
+    with pytest.raises(err, match=match):
+        SBTMConfig(**kw(config))
+
+
+def test_a_nested_configuration_runs_bitwise_like_the_flat_keywords():
+    from sbtm_flows.config import FlowTraining, ScoreOptions, SolverOptions
+
+    flat = sf.sample(T1, **KW, solver="heun2", eta=3.0, hidden=(8,), seed=2)
+    nested = sf.sampling.run_sbtm(T1, SBTMConfig(**KW, solver=SolverOptions("heun2"), training=FlowTraining(eta=3.0),
+                                                 score=ScoreOptions(hidden=(8,), init_steps=KW["init_steps"]), seed=2))
+    assert torch.equal(flat.particles, nested.particles) and torch.equal(flat.thetas, nested.thetas)
+    assert flat.config == nested.config

@@ -123,3 +123,23 @@ def test_progress_bar_for_free(monkeypatch, tmp_path):
         run(broken, start(broken), TIMES, checkpoint=ck, checkpoint_every=1)
     run(Decay(), start(Decay()), TIMES, checkpoint=ck, resume=True, progress=True)
     assert FakeBar.made[-1].n == 10 and FakeBar.made[-2].n == 3
+
+
+class _SlotLaw:
+    """An initial law with ``__slots__`` (no instance ``__dict__``): N(0, I) in d = 2."""
+
+    __slots__ = ("dim",)
+
+    def __init__(self):
+        self.dim = 2
+
+    def sample(self, n, generator=None):
+        return torch.randn(n, 2, generator=generator, dtype=torch.float64)
+
+
+def test_initial_law_with_slots_is_sampled_not_crashed():
+    from sbtm_flows.loop import initial_particles
+
+    x0, law = initial_particles(_SlotLaw(), 7, 2, torch.Generator().manual_seed(3), torch.float64, "cpu")
+    expected = torch.randn(7, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(x0, expected) and law is not None

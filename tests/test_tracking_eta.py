@@ -26,17 +26,17 @@ def _flow() -> tuple[SBTMFlow, torch.Tensor]:
 
 def test_eta_is_ratio_times_target_curvature_over_loss_curvature():
     flow, y = _flow()
-    tracker = TrackingEta(ratio=3.0, first_iters=10, generator=torch.Generator().manual_seed(2))
-    eta = tracker.update(flow, y, 0.0)
+    tracker = TrackingEta(ratio=3.0, first_iters=10, seed=2)
+    eta = tracker.refresh(flow, y, 0.0)
     assert tracker.kappa == pytest.approx(1 / SIGMA**2, rel=1e-9)  # isotropic Hessian: exact in one iteration
     lam = hessian_max_eigenvalue(flow, y, 40, torch.Generator().manual_seed(3))
     assert tracker.lam == pytest.approx(lam, rel=0.05)
     assert eta == pytest.approx(3.0 * 25.0 / lam, rel=0.05)
     assert tracker(0.7) == eta  # piecewise constant between updates
-    capped = TrackingEta(ratio=3.0, eta_max=0.5 * eta, generator=torch.Generator().manual_seed(2))
-    assert capped.update(flow, y, 0.0) == 0.5 * eta
-    floored = TrackingEta(ratio=3.0, kappa_min=1e3, generator=torch.Generator().manual_seed(2))
-    assert floored.update(flow, y, 0.0) == pytest.approx(3.0 * 1e3 / floored.lam)
+    capped = TrackingEta(ratio=3.0, eta_max=0.5 * eta, seed=2)
+    assert capped.refresh(flow, y, 0.0) == 0.5 * eta
+    floored = TrackingEta(ratio=3.0, kappa_min=1e3, seed=2)
+    assert floored.refresh(flow, y, 0.0) == pytest.approx(3.0 * 1e3 / floored.lam)
 
 
 @pytest.mark.parametrize("kwargs", [dict(ratio=0.0), dict(ratio=float("nan")), dict(every=0), dict(iters=1.5),
@@ -47,7 +47,7 @@ def test_bad_settings_are_refused(kwargs):
 
 
 def test_no_value_before_update_and_unknown_string():
-    with pytest.raises(RuntimeError, match="update"):
+    with pytest.raises(RuntimeError, match="refresh"):
         TrackingEta()(0.0)
     with pytest.raises(ValueError, match="'track'"):
         sf.sample(sf.Gaussian(torch.zeros(1), torch.eye(1)), method="sbtm", n=20, t_final=0.02, eta="trak")
@@ -70,8 +70,8 @@ def test_dilation_flow_spectral_radius_follows_the_particle_block():
     res = _dilation_run(TrackingEta(ratio=10.0))
     info = res.info
     h = 0.01 * (0.1 / 0.5) ** 2
-    assert info["rkc"]["max_rho_h"] <= 3 * 1.2 * (1 + 10.0) * info["eta_tracking"]["kappa_max_seen"] * h
-    assert 95 < info["eta_tracking"]["kappa_max_seen"] < 105  # 1/λ² at the unit-variance modes
+    assert info["rkc"]["max_rho_h"] <= 3 * 1.2 * (1 + 10.0) * info["eta_schedule"]["kappa_max_seen"] * h
+    assert 95 < info["eta_schedule"]["kappa_max_seen"] < 105  # 1/λ² at the unit-variance modes
     assert torch.isfinite(res.particles).all()
     with pytest.raises(sf.SamplingError):
         _dilation_run(200.0)
@@ -83,5 +83,5 @@ def test_same_seed_same_particles():
     runs = [sf.sample(target, method="sbtm", init=init, n=100, t_final=0.2, dt=0.01, eta="track", save_every=10)
             for _ in range(2)]
     assert torch.equal(runs[0].particles, runs[1].particles)
-    assert runs[0].info["eta_tracking"]["refreshes"] == 2  # every 10 of the 20 steps
+    assert runs[0].info["eta_schedule"]["refreshes"] == 2  # every 10 of the 20 steps
     assert torch.equal(runs[0].diagnostics["eta"], runs[1].diagnostics["eta"])
