@@ -98,7 +98,7 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
     eta = copy.copy(as_eta(cfg.flow.eta, cfg.t0)) if cfg.training == "flow" else None  # the run sets its value / ceiling
     hgen = holdout_generator(gen)
     xh0 = holdout_particles(init_target, cfg.density.holdout, hgen, x0, cfg.density.track_logdensity)
-    model = _score_network(cfg, path, x0, gen, dtype, device)
+    model = _score_network(cfg, path, x0, gen, dtype, device, scaled=eta is not None and eta.absorbs_loss_scale)
     grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), cfg.solver.method in FIXED_GRID_SOLVERS, cfg.times)
     sampler = SBTMSampler(cfg, path, model, eta, grid, grid[out_idx], gen, hgen, init_target, device)
     config_dict = cfg.to_dict()
@@ -121,15 +121,16 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
 METHODS["sbtm"] = run_sbtm
 
 
-def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device) -> torch.nn.Module:
+def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device, scaled: bool = False) -> torch.nn.Module:
     """The configured score network (default: :class:`ScoreMLP` drawn from ``gen``, in
-    ``ScaledScore(net, path.scale)`` for the discrete training on a dilation path), checked on X₀."""
+    ``ScaledScore(net, path.scale)`` on a dilation path for the discrete training and, when
+    ``scaled`` (an η schedule that ``absorbs_loss_scale``), for the flow), checked on X₀."""
     model = cfg.score.model
     if model is None:
         model = ScoreMLP(path.dim, cfg.score.hidden, cfg.score.activation, generator=gen, dtype=dtype)
-        if cfg.training == "steps" and callable(getattr(path, "scale", None)):
-            # a path that dilates space: learn in its coordinates (see ScaledScore; with
-            # training="flow" the loss curvature in Θ would grow like 1/c(t)², so not by default)
+        if (cfg.training == "steps" or scaled) and callable(getattr(path, "scale", None)):
+            # a path that dilates space: learn in its coordinates (see ScaledScore; with a fixed η
+            # the flow's loss curvature in Θ would grow like 1/c(t)², which a TrackingEta absorbs)
             model = ScaledScore(model, path.scale)
     model = model.to(device=device, dtype=dtype)
     _check_score_model(model, x0, cfg.t0)
@@ -242,6 +243,7 @@ class SBTMSampler:
                                                 generator=generator)
             elif cfg.stiffness_check and getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None:
                 self.monitor = StiffnessMonitor(self.dyn, cfg.solver.method, eta_limit(cfg.solver.method), every=20, generator=generator)
+        self.tracker = eta if cfg.training == "flow" and eta.refresh_every else None
         self.info: dict = {}
         self._view = None
         stable = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None)
@@ -297,6 +299,7 @@ class SBTMSampler:
                               holdout_x0=holdout[0], holdout_log_density0=holdout[1], **flow_t0)
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
             self.spectral.restrict(dyn.training_length(y))
+        self._track(y, t0, 0)
         if cfg.training == "flow" and self.spectral is None:
             self._start_flow(y, t0, generator)
         return SBTMState.unpack(y, dyn)
@@ -316,6 +319,13 @@ class SBTMSampler:
             dyn.choose_batch(dyn.n_particles(y), 0)
             prerun_check(dyn, y, cfg.solver.method, h, t0, cfg.t_final, generator, self.monitor)
 
+    def _track(self, y: Tensor, t: float, k: int) -> None:
+        """Let an η schedule with ``refresh_every`` re-size η from the state y at t (``k``: the
+        output interval whose training subset the loss uses)."""
+        if self.tracker is not None:
+            self.dyn.choose_batch(self.dyn.n_particles(y), k)
+            self.tracker.refresh(self.dyn, y, t)
+
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state
         every ``every`` steps: a fixed one-step solver integrates the interval in pieces of that
@@ -334,8 +344,11 @@ class SBTMSampler:
             return SBTMState.unpack(y, self.dyn)
         one_step = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None  # not multistep
         every = min([m.every for m in (self.monitor, self.xstiff) if m is not None and one_step], default=i1 - i0)
+        every = min(every, int(self.tracker.refresh_every)) if self.tracker is not None else every
         for a in range(i0, i1, max(1, every)):
             t_a, h_a = float(self.grid[a]), float(self.grid[a + 1] - self.grid[a])
+            if a > 0:  # (at the run's start init() has just refreshed it)
+                self._track(y, t_a, self._k[t0])
             if self.xstiff is not None:
                 self.xstiff.check(self.particles(SBTMState.unpack(y, self.dyn)), t_a, h_a, a)
             if self.monitor is not None:
@@ -443,6 +456,8 @@ class SBTMSampler:
             info["theta_flow"] = self.dyn.theta_flow.config()
         if self.spectral is not None:
             info["rkc"] = self.spectral.summary()
+        if cfg.training == "flow" and self.dyn.eta.summary() is not None:
+            info["eta_schedule"] = self.dyn.eta.summary()
         if self.xstiff is not None:
             info["stiffness_x"] = self.xstiff.record()
         if self.monitor is not None and self.monitor.max_z > 0:
