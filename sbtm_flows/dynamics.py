@@ -322,14 +322,19 @@ class _Base(torch.nn.Module):
         discrete training keeps Θ in the network)."""
         return None
 
+    def aux_block(self, y: Tensor) -> Tensor | None:
+        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` when it has none."""
+        return None
+
     def blocks(self, y: Tensor) -> dict[str, Tensor | None]:
         """The blocks of a state as views: ``x (n, d)`` (training particles), ``theta (P,)``,
+        ``theta_aux (A,)`` (the Θ dynamics' auxiliary state, e.g. RMSprop's second moments),
         ``log_density (n,)``, ``holdout_x (m, d)``, ``holdout_log_density (m,)`` (``None`` when the
         state has no such block); concatenated flat in this order they are y."""
         n = self.n_particles(y)
         xh, lh = self.split_holdout(y) if self.holdout else (None, None)
-        return {"x": y[: n * self.dim].view(n, self.dim), "theta": self.theta_block(y), "log_density": self.log_density(y),
-                "holdout_x": xh, "holdout_log_density": lh}
+        return {"x": y[: n * self.dim].view(n, self.dim), "theta": self.theta_block(y), "theta_aux": self.aux_block(y),
+                "log_density": self.log_density(y), "holdout_x": xh, "holdout_log_density": lh}
 
     def _append_holdout(self, parts: list[Tensor], x: Tensor | None, log_density: Tensor | None, like: Tensor) -> Tensor:
         """cat(parts) ⊕ vec(X̃₀) [⊕ ℓ̃₀]: the initial state with its held-out block."""
@@ -498,6 +503,10 @@ class SBTMFlow(_Base):
         """A ``(n_aux,)``, the Θ dynamics' auxiliary state (a view; empty for ``"gd"``)."""
         start = self.n_particles(y) * self.dim + self.n_params
         return y[start : start + self.n_aux]
+
+    def aux_block(self, y: Tensor) -> Tensor | None:
+        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` for ``"gd"`` (none)."""
+        return self.aux(y) if self.n_aux else None
 
     def preconditioner(self, y: Tensor) -> Tensor | None:
         """D ``(P,)`` with dΘ/dt ≈ −η·D·∇_Θ L at state y (``None``: the identity, ``"gd"``)."""

@@ -141,23 +141,25 @@ def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, dev
 class SBTMState:
     """SBTM's State: the training particles ``x (n, d)`` (this process's rows), Θ ``theta (P,)``
     (the coupled flow; ``None`` for the discrete training, whose network and optimizer live in the
-    sampler), ℓ = log f_t(X) ``log_density (n,)``, the held-out particles ``holdout_x (m, d)`` and
+    sampler), the Θ dynamics' auxiliary state ``theta_aux (A,)`` (``theta_flow="rmsprop"``: second
+    moments; ``None`` for ``"gd"``), ℓ = log f_t(X) ``log_density (n,)``, the held-out particles ``holdout_x (m, d)`` and
     their ℓ̃ ``holdout_log_density (m,)`` (``None`` when absent).  The Hutchinson probes, the
     generators, the network and optimizer of the discrete training and the stiffness monitors are
     the sampler's and travel through :meth:`SBTMSampler.state_dict`.
 
-    The flat vector y = vec(X) ⊕ Θ [⊕ ℓ] [⊕ vec(X̃) [⊕ ℓ̃]] that torchdiffeq integrates is built
+    The flat vector y = vec(X) ⊕ Θ [⊕ A] [⊕ ℓ] [⊕ vec(X̃) [⊕ ℓ̃]] that torchdiffeq integrates is built
     only at that boundary: :meth:`pack` and :meth:`unpack`."""
 
     x: Tensor
     theta: Tensor | None = None
+    theta_aux: Tensor | None = None
     log_density: Tensor | None = None
     holdout_x: Tensor | None = None
     holdout_log_density: Tensor | None = None
 
     def pack(self) -> Tensor:
         """y, the blocks flattened and concatenated in the dynamics' layout, ``(N,)``."""
-        blocks = (self.x, self.theta, self.log_density, self.holdout_x, self.holdout_log_density)
+        blocks = (self.x, self.theta, self.theta_aux, self.log_density, self.holdout_x, self.holdout_log_density)
         return torch.cat([b.reshape(-1) for b in blocks if b is not None])
 
     @classmethod
