@@ -276,6 +276,7 @@ class SBTMSampler:
                               holdout_x0=holdout[0], holdout_log_density0=holdout[1])
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
             self.spectral.restrict(dyn.training_length(y))
+            self.spectral.name_blocks(self._blocks(y))
         self._track(y, t0, 0)
         if cfg.training == "flow" and self.spectral is None:
             self._start_flow(y, t0, generator)
@@ -295,6 +296,16 @@ class SBTMSampler:
         if cfg.stiffness_check or self.monitor is not None:
             dyn.choose_batch(dyn.n_particles(y), 0)
             prerun_check(dyn, y, cfg.solver.method, h, t0, cfg.t_final, generator, self.monitor)
+
+    def _blocks(self, y: Tensor) -> dict[str, int]:
+        """Lengths of the training part's blocks in the state: X, Θ (the flow), ℓ (tracked density)."""
+        n = self.dyn.n_particles(y)
+        sizes = {"X": n * self.dyn.dim}
+        if self.cfg.training == "flow":
+            sizes["theta"] = self.dyn.n_params
+        if self.cfg.density.track_logdensity:
+            sizes["log_density"] = n
+        return sizes
 
     def _track(self, y: Tensor, t: float, k: int) -> None:
         """Let an η schedule with ``refresh_every`` re-size η from the state y at t (``k``: the
