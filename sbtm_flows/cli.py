@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -59,6 +60,22 @@ def _eta(s: str):
     if s in ("auto", "ntk", "track"):
         return s
     return _positive_float(s)
+
+
+def _valid_eta(v) -> bool:
+    """An η a config file may hold: a positive finite number, "auto", "ntk", "track", or the keywords of a
+    :class:`~sbtm_flows.eta.DecayingEta`."""
+    if isinstance(v, dict):
+        from .eta import DecayingEta
+
+        try:
+            DecayingEta(**v)
+        except (TypeError, ValueError):
+            return False
+        return True
+    if isinstance(v, str):
+        return v in ("auto", "ntk", "track")
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -214,9 +231,8 @@ def _validate(cfg: dict, defaults: dict | None = None) -> None:
             raise _bad(key, v, "a non-negative integer")
         if key in ("t_final", "dt", "lam0") and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
             raise _bad(key, v, "a positive finite number")
-        if key == "eta" and v not in ("auto", "ntk", "track") and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                                          or not math.isfinite(v) or v <= 0):
-            raise _bad(key, v, "a positive number, 'auto', 'ntk' or 'track'")
+        if key == "eta" and not _valid_eta(v):
+            raise _bad(key, v, "a positive number, 'auto', 'ntk', 'track' or a dict of DecayingEta's eta0, eta_inf, t_c")
         if defaults and key in defaults and defaults[key] is not None and key != "eta":
             kind = float if isinstance(defaults[key], float) else type(defaults[key])
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else isinstance(v, kind)

@@ -39,7 +39,7 @@ __all__ = [
 
 TRAININGS = ("flow", "steps", "auto")
 #: Options of the coupled flow (training="flow") and their defaults.
-FLOW_OPTIONS: dict[str, Any] = {"eta": 5.0, "record_ntk_every": None, "ntk_reference": None}
+FLOW_OPTIONS: dict[str, Any] = {"eta": 5.0, "record_ntk_every": None, "ntk_reference": None, "theta_flow": "gd"}
 #: Options of the discrete training (training="steps") and their defaults.
 STEPS_OPTIONS: dict[str, Any] = {"inner_steps": 5, "optimizer": "adam", "lr": 1e-3}
 #: Options of adaptive solvers and their defaults.
@@ -141,6 +141,27 @@ class FlowTraining:
     eta: Any = None
     record_ntk_every: int | None = None
     ntk_reference: Callable | None = None
+    theta_flow: Any = None
+
+
+def theta_flow_defaults(flow: FlowTraining) -> FlowTraining:
+    """``flow`` with ``theta_flow`` checked (default ``"gd"``) and η defaulted to the Θ dynamics'
+    own (:data:`~sbtm_flows.theta_flow.DEFAULT_ETA`: a rate per unit curvature for ``"gd"``, a
+    parameter speed for ``"rmsprop"``).
+
+    Raises:
+        ValueError: an unknown ``theta_flow``, or a preconditioned one with the NTK tools
+            (``eta="ntk"``, ``record_ntk_every``: Theorem 3.5's condition is for the plain flow)."""
+    from .theta_flow import DEFAULT_ETA, resolve_theta_flow
+
+    theta_flow = resolve_theta_flow("gd" if flow.theta_flow is None else flow.theta_flow)
+    if theta_flow.name != "gd":
+        ntk = flow.record_ntk_every is not None or (flow.eta is not None and as_eta(flow.eta).stateful)
+        if ntk:
+            raise ValueError(f"theta_flow={flow.theta_flow!r} with the NTK tools (eta='ntk', record_ntk_every): Theorem 3.5's "
+                             "condition is for the plain gradient flow; use theta_flow='gd' with them")
+    eta = DEFAULT_ETA[theta_flow.name] if flow.eta is None else flow.eta
+    return dataclasses.replace(flow, eta=eta, theta_flow="gd" if flow.theta_flow is None else flow.theta_flow)
 
 
 @dataclass
@@ -192,7 +213,7 @@ FLAT_OPTIONS: dict[str, tuple[str, str]] = {
 GROUPS: dict[str, type] = {"solver": SolverOptions, "flow": FlowTraining, "steps": StepsTraining, "score": ScoreOptions,
                            "density": DensityOptions}
 #: The flat form's keys, in the order ``to_dict`` / ``config.json`` have always used.
-FLAT_ORDER = ("solver", "rtol", "atol", "solver_options", "training", "eta", "record_ntk_every", "ntk_reference", "inner_steps",
+FLAT_ORDER = ("solver", "rtol", "atol", "solver_options", "training", "eta", "record_ntk_every", "ntk_reference", "theta_flow", "inner_steps",
               "optimizer", "lr", "score_model", "hidden", "activation", "divergence", "probes", "init_steps", "init_tol",
               "stop_fisher", "track_logdensity", "holdout", "batch", "chunk", "diagnostics_sample")
 
@@ -250,7 +271,11 @@ class SBTMConfig(RunConfig):
             fixed-step solvers only) or ``"auto"`` (default: ``"steps"`` on a dilation path with a
             fixed-step solver, ``"flow"`` otherwise, unless options of one training are given; see
             :meth:`resolved`).
-        eta: η of the flow: a number (default 5), a callable of t, ``"auto"``
+        theta_flow: the Θ dynamics of the flow (:mod:`sbtm_flows.theta_flow`): ``"gd"`` (default,
+            dΘ/dt = −η∇_ΘL), ``"rmsprop"`` (dΘ/dt = −η∇_ΘL/√(v + ε²) with the running second
+            moment v of the gradient in the ODE state, per parameter tensor) or a
+            ``GradientFlow`` / ``RMSpropFlow`` instance (τ, ε, per tensor or per parameter).
+        eta: η of the flow: a number (default 5 for ``"gd"``, ``DEFAULT_ETA["rmsprop"]`` for ``"rmsprop"``), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.stiffness.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
             :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
@@ -420,7 +445,7 @@ class SBTMConfig(RunConfig):
     def _check_training(self) -> None:
         """Defaults and checks once the training is known (the unused training's group is dropped)."""
         if self.training == "flow":
-            self.flow, self.steps = _with_defaults(self.flow or FlowTraining(), FLOW_OPTIONS), None
+            self.flow, self.steps = _with_defaults(theta_flow_defaults(self.flow or FlowTraining()), FLOW_OPTIONS), None
         else:
             self.flow, self.steps = None, _with_defaults(self.steps or StepsTraining(), STEPS_OPTIONS)
         if self.solver.method is None:

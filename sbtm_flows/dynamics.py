@@ -46,6 +46,7 @@ from .losses import CHUNK, divergence, make_probes, map_rows, resolve_divergence
 from .paths import Path, as_path
 from .paths import time_float as _tfloat
 from .score import at_time, flatten_params, functional_score, make_optimizer, unflatten_params
+from .theta_flow import GradientFlow, RMSpropFlow, resolve_theta_flow
 
 #: Default number of particles in the score loss (``batch`` of ``sample``): see README "Scale".
 DEFAULT_BATCH = 4096
@@ -316,6 +317,25 @@ class _Base(torch.nn.Module):
         md = self.holdout * self.dim
         return tail[:md].view(self.holdout, self.dim), (tail[md:] if self.track_logdensity else None)
 
+    def theta_block(self, y: Tensor) -> Tensor | None:
+        """Θ ``(P,)`` from a state (a view), or ``None`` when the state has no Θ block (the
+        discrete training keeps Θ in the network)."""
+        return None
+
+    def aux_block(self, y: Tensor) -> Tensor | None:
+        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` when it has none."""
+        return None
+
+    def blocks(self, y: Tensor) -> dict[str, Tensor | None]:
+        """The blocks of a state as views: ``x (n, d)`` (training particles), ``theta (P,)``,
+        ``theta_aux (A,)`` (the Θ dynamics' auxiliary state, e.g. RMSprop's second moments),
+        ``log_density (n,)``, ``holdout_x (m, d)``, ``holdout_log_density (m,)`` (``None`` when the
+        state has no such block); concatenated flat in this order they are y."""
+        n = self.n_particles(y)
+        xh, lh = self.split_holdout(y) if self.holdout else (None, None)
+        return {"x": y[: n * self.dim].view(n, self.dim), "theta": self.theta_block(y), "theta_aux": self.aux_block(y),
+                "log_density": self.log_density(y), "holdout_x": xh, "holdout_log_density": lh}
+
     def _append_holdout(self, parts: list[Tensor], x: Tensor | None, log_density: Tensor | None, like: Tensor) -> Tensor:
         """cat(parts) ⊕ vec(X̃₀) [⊕ ℓ̃₀]: the initial state with its held-out block."""
         if self.holdout == 0:
@@ -415,11 +435,15 @@ class SBTMFlow(_Base):
         holdout_generator: torch.Generator | None = None,
         max_nfe: int | None = None,
         reject_nonfinite: bool = False,
+        theta_flow: str | GradientFlow | RMSpropFlow = "gd",
     ):
         super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
                          holdout, holdout_generator, max_nfe, reject_nonfinite)
+        #: the Θ dynamics (:mod:`sbtm_flows.theta_flow`) and the length of its auxiliary block A
+        self.theta_flow = resolve_theta_flow(theta_flow)
         self.eta = eta
         self.n_params = sum(p.numel() for p in score_model.parameters())
+        self.n_aux = self.theta_flow.aux_size([p.numel() for p in score_model.parameters()])
 
     @property
     def eta(self) -> EtaSchedule:
@@ -444,28 +468,59 @@ class SBTMFlow(_Base):
         log_density0: Tensor | None = None,
         holdout_x0: Tensor | None = None,
         holdout_log_density0: Tensor | None = None,
+        aux0: Tensor | None = None,
+        t0: float = 0.0,
     ) -> Tensor:
-        """y0 = vec(X₀) ⊕ Θ₀ [⊕ ℓ₀] [⊕ vec(X̃₀) [⊕ ℓ̃₀]], a 1-D tensor.  Θ₀ defaults to the
-        model's parameters; ``log_density0 (n,)`` (log f_0 at X₀) is required when tracking the
+        """y0 = vec(X₀) ⊕ Θ₀ ⊕ A₀ [⊕ ℓ₀] [⊕ vec(X̃₀) [⊕ ℓ̃₀]], a 1-D tensor.  Θ₀ defaults to the
+        model's parameters; A₀ (the Θ dynamics' auxiliary state, empty for ``"gd"``) to
+        ``theta_flow.start(∇_Θ L)`` at X₀ (the training rows), Θ₀ and time ``t0``;
+        ``log_density0 (n,)`` (log f_0 at X₀) is required when tracking the
         log-density; ``holdout_x0 (m, d)`` (and ``holdout_log_density0 (m,)``) when m > 0."""
         theta0 = flatten_params(self.model).to(x0) if theta0 is None else theta0.to(x0)
-        parts = [x0.reshape(-1), theta0.reshape(-1)]
+        self.draw_probes(x0.shape[0], x0)
+        if aux0 is None:
+            aux0 = self.initial_aux(x0, theta0.reshape(-1).detach(), t0)
+        parts = [x0.reshape(-1), theta0.reshape(-1), aux0.reshape(-1).to(x0)]
         if self.track_logdensity:
             if log_density0 is None:
                 raise ValueError("track_logdensity=True needs log_density0 (n,) = log f_0(X_0)")
             parts.append(log_density0.reshape(-1).to(x0))
-        self.draw_probes(x0.shape[0], x0)
         return self._append_holdout(parts, holdout_x0, holdout_log_density0, x0)
+
+    def initial_aux(self, x: Tensor, theta: Tensor, t: float | Tensor = 0.0) -> Tensor:
+        """A₀ = ``theta_flow.start(∇_Θ L)`` at particles ``x (n, d)`` (their training rows),
+        parameters Θ ``(P,)`` and time t: ``(n_aux,)``, empty (no gradient computed) for ``"gd"``."""
+        if self.n_aux == 0:
+            return theta.new_zeros(0)
+        xb, pb = self.training_rows(x.detach())
+        return self.theta_flow.start(self.loss_and_grad(xb, theta, t=t, probes=pb)[1]).detach()
 
     def n_particles(self, y: Tensor) -> int:
         """n (training particles), inferred from the state length."""
-        return (y.shape[-1] - self._holdout_len() - self.n_params) // (self.dim + int(self.track_logdensity))
+        return (y.shape[-1] - self._holdout_len() - self.n_params - self.n_aux) // (self.dim + int(self.track_logdensity))
+
+    def aux(self, y: Tensor) -> Tensor:
+        """A ``(n_aux,)``, the Θ dynamics' auxiliary state (a view; empty for ``"gd"``)."""
+        start = self.n_particles(y) * self.dim + self.n_params
+        return y[start : start + self.n_aux]
+
+    def aux_block(self, y: Tensor) -> Tensor | None:
+        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` for ``"gd"`` (none)."""
+        return self.aux(y) if self.n_aux else None
+
+    def preconditioner(self, y: Tensor) -> Tensor | None:
+        """D ``(P,)`` with dΘ/dt ≈ −η·D·∇_Θ L at state y (``None``: the identity, ``"gd"``)."""
+        return self.theta_flow.preconditioner(self.aux(y).detach())
 
     def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(X (n, d), Θ (P,))`` from a state (views; X: the training particles)."""
         n = self.n_particles(y)
         nd = n * self.dim
         return y[:nd].view(n, self.dim), y[nd : nd + self.n_params]
+
+    def theta_block(self, y: Tensor) -> Tensor:
+        """Θ ``(P,)`` from a state (a view)."""
+        return self.split(y)[1]
 
     def log_density(self, y: Tensor) -> Tensor | None:
         """ℓ = log f_t(X) ``(n,)`` from a state, or ``None`` when not tracked."""
@@ -567,7 +622,8 @@ class SBTMFlow(_Base):
                                   self.track_logdensity, self.check_finite, self.chunk)
         if self.check_finite and not torch.isfinite(grad).all():
             return self._nonfinite(t, y, "the loss gradient ∇_Θ L", _STIFF_HINT)
-        parts = [v.reshape(-1), -self.eta_at(t, x, theta) * grad]
+        dtheta, daux = self.theta_flow.rates(grad, self.aux(y).detach(), self.eta_at(t, x, theta))
+        parts = [v.reshape(-1), dtheta, daux]
         if dl is not None:
             parts.append(dl)
         held_out = self._holdout_rates(t, y, self.score_fn(theta, t))

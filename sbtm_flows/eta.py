@@ -25,8 +25,8 @@ capabilities it declares, never on its class:
   keeps (plain data) so that a resumed run is bitwise the same.
 
 :func:`as_eta` turns what ``sample(eta=...)`` accepts into a schedule, once: a number
-(:class:`ConstantEta`), a callable of t (:class:`TimeEta`), ``"auto"``, ``"ntk"``, ``"track"`` or a
-schedule.
+(:class:`ConstantEta`), a callable of t (:class:`TimeEta`), the keywords of a
+:class:`DecayingEta` (a dict, as JSON configs hold it), ``"auto"``, ``"ntk"``, ``"track"`` or a schedule.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .paths import time_float
 
-__all__ = ["EtaSchedule", "ConstantEta", "TimeEta", "as_eta"]
+__all__ = ["EtaSchedule", "ConstantEta", "TimeEta", "DecayingEta", "as_eta"]
 
 
 class EtaSchedule:
@@ -122,9 +122,46 @@ class TimeEta(EtaSchedule):
         return f"TimeEta({self.fn!r})"
 
 
+class DecayingEta(EtaSchedule):
+    r"""η(t) = η_∞ + (η₀ − η_∞)·exp(−(t − t0)/t_c): a network rate that is large while the law f_t
+    moves fast (just after t0) and relaxes to η_∞ — a callable of t, so any solver runs it.
+
+    Why: the network lags the moving optimum s*_t = ∇log f_t by about
+    |ds*/dt|/(η·λ(∇²_Θ L)), and on a constant target f_t moves fastest at the start (§5.2: the
+    dissipation falls 2.6 → 0.25 over t ∈ [0, 1]), which is also where eq. (4.1)'s two sides
+    are largest; later a large η only costs (rkc's stages grow like √η).  t_c is the time scale
+    of that early motion — about the relaxation time of the Fokker–Planck flow (1 for the
+    unit-variance modes of §5.2).
+
+    Args:
+        eta0: η at t0 (> 0); eta_inf: η as t → ∞ (> 0); t_c: decay time (> 0); t0: start.
+
+    Raises:
+        ValueError: a non-positive or non-finite argument (t0: non-finite).
+    """
+
+    def __init__(self, eta0: float, eta_inf: float, t_c: float, t0: float = 0.0):
+        for key, val in (("eta0", eta0), ("eta_inf", eta_inf), ("t_c", t_c), ("t0", t0)):
+            ok = not isinstance(val, bool) and isinstance(val, (int, float)) and math.isfinite(val)
+            if not ok or (key != "t0" and not val > 0):
+                raise ValueError(f"DecayingEta: {key} must be a {'finite' if key == 't0' else 'positive finite'} number, got {val!r}")
+        self.eta0, self.eta_inf, self.t_c, self.t0 = float(eta0), float(eta_inf), float(t_c), float(t0)
+
+    def __call__(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None, flow: Any = None) -> float:
+        return self.eta_inf + (self.eta0 - self.eta_inf) * math.exp(-(time_float(t) - self.t0) / self.t_c)
+
+    def config(self) -> dict:
+        """JSON form: the keywords that rebuild it (``sample(eta=dict)`` builds it, see :func:`as_eta`)."""
+        return {"eta0": self.eta0, "eta_inf": self.eta_inf, "t_c": self.t_c, "t0": self.t0}
+
+    def __repr__(self) -> str:
+        return f"DecayingEta(eta0={self.eta0}, eta_inf={self.eta_inf}, t_c={self.t_c}, t0={self.t0})"
+
+
 def as_eta(eta: Any, t0: float | None = None) -> EtaSchedule:
     """``eta`` as an :class:`EtaSchedule`: a schedule itself, ``"auto"`` → a fresh
     :class:`~sbtm_flows.stiffness.AutoEta`, ``"ntk"`` → a fresh :class:`~sbtm_flows.ntk.NTKEta`,
+    a dict → :class:`DecayingEta` of its keywords,
     ``"track"`` → a fresh :class:`~sbtm_flows.tracking_eta.TrackingEta`,
     a number → :class:`ConstantEta`, a callable of t → :class:`TimeEta` (with ``t0`` given, its
     value at t0 is checked first).
@@ -134,6 +171,11 @@ def as_eta(eta: Any, t0: float | None = None) -> EtaSchedule:
             finite non-negative number."""
     if isinstance(eta, EtaSchedule):
         return eta
+    if isinstance(eta, dict):  # a DecayingEta's keywords (JSON configs)
+        try:
+            return DecayingEta(**eta)
+        except TypeError as err:
+            raise ValueError(f"eta as a dict takes DecayingEta's keywords eta0, eta_inf, t_c[, t0]; got {eta!r}") from err
     if isinstance(eta, str):
         if eta == "auto":
             from .stiffness import AutoEta

@@ -289,7 +289,7 @@ def run_mala(
         from .config import CONFIGS
 
         key = sorted(unknown)[0]
-        others = sorted(m for m, c in CONFIGS.items() if key in c.__dataclass_fields__)
+        others = sorted(m for m, c in CONFIGS.items() if key in c.option_names())
         where = f"it is an option of method={' / '.join(repr(m) for m in others)}" if others else "no method takes it"
         raise ValueError(f"method='mala' has no option {key!r} (MALA takes steps, warmup, step_size, target_accept); {where}")
     args = dict(locals())

@@ -32,7 +32,14 @@ right-hand side (Sommeijer's RKC code): v ← (F(t, y + δv̂) − F(t, y))/δ, 
 from the previous direction and refreshed every ``every`` steps (:class:`SpectralRadius`).  It
 sees the whole state — particles, Θ, the log-density block — so a stiff particle block (a
 sharply curved target) is covered too.  The power iterations are counted as right-hand-side
-evaluations.  When the stage count needed exceeds ``max_stages`` the step stops with a
+evaluations.  The estimate can still read low (a warm-started direction that missed a mode that
+has just become stiff, a complex pair the power method does not resolve), so every step also
+watches its own stages: if a stage derivative grows beyond ``GROWTH`` (2) times ‖F(t₀, y₀)‖
+plus ``FLOOR``·max(‖y₀‖, 1)/h (0.01: a rate that would move the state by 1 % in one step), or
+stops being finite, the step has left the stability region, and it is redone from y₀ with
+⌈1.5·s⌉ stages (ρ raised to match, a fresh estimate at the next step; counted in
+``rejected_steps``).  This costs nothing while steps are stable, so a run without rejections is
+bitwise the run without the check.  When the stage count needed exceeds ``max_stages`` the step stops with a
 :class:`~sbtm_flows.errors.SamplingError` naming ρ, h and what to change: the solver never
 takes a step it knows to be unstable.
 """
@@ -50,6 +57,11 @@ from .compat import TORCHDIFFEQ_REGISTRY, TORCHDIFFEQ_SOLVERS
 from .errors import SamplingError
 
 __all__ = ["RKC", "SpectralRadius", "rkc_coefficients", "rkc_stability_bound", "rkc_stages"]
+
+#: a step whose stage derivatives grow beyond GROWTH·‖F(t0, y0)‖ is redone with more stages
+GROWTH = 2.0
+#: ... plus FLOOR·max(‖y₀‖, 1)/h (see RKC._chebyshev_step)
+FLOOR = 0.01
 
 #: damping of the Chebyshev polynomial (w₀ = 1 + ε/s²): ε = 2/13 as in Verwer et al. (2004)
 DAMPING = 2.0 / 13.0
@@ -160,6 +172,7 @@ class SpectralRadius:
         self.blocks: dict[str, int] = {}
         self.shares: dict[str, float] = {}
         self.shares_at_max: dict[str, float] = {}
+        self.rejections = 0
 
     def restrict(self, head: int | None) -> None:
         """Estimate ρ on the first ``head`` state entries only (``None``: all of them)."""
@@ -192,7 +205,7 @@ class SpectralRadius:
                 "v": None if self.v is None else self.v.cpu(), "rho": self.rho, "steps": self.steps,
                 "last_refresh": self.last_refresh, "f_norm": self.f_norm, "growth": self.growth,
                 "evaluations": self.evaluations, "max_rho_h": self.max_rho_h, "max_stages_used": self.max_stages_used,
-                "t_max": self.t_max, "stage_total": self.stage_total}
+                "t_max": self.t_max, "stage_total": self.stage_total, "rejections": self.rejections}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
@@ -203,7 +216,7 @@ class SpectralRadius:
         """Largest ρ·h and stage count seen, mean stages per step, power-iteration evaluations."""
         return {"max_rho_h": self.max_rho_h, "at_t": self.t_max, "max_stages": self.max_stages_used,
                 "mean_stages": self.stage_total / max(self.steps, 1), "power_evaluations": self.evaluations,
-                "rho_last": self.rho, "dominant_share": dict(self.shares_at_max)}
+                "rho_last": self.rho, "rejected_steps": self.rejections, "dominant_share": dict(self.shares_at_max)}
 
     def refresh(self, func, t: Tensor, y: Tensor, f0: Tensor) -> float:
         """Power iterations at (t, y) with F(t, y) = ``f0``; returns ρ."""
@@ -235,6 +248,29 @@ class SpectralRadius:
         # that has since moved can read low: let the estimate fall by at most `decay` per refresh
         self.rho = rho if first or not math.isfinite(self.rho) else max(rho, self.decay * self.rho)
         return self.rho
+
+    def reject(self, t: Tensor, h: float, s: int) -> int:
+        """A step of s stages from t grew (:meth:`RKC._chebyshev_step`): the estimate was low.
+        Returns the stage count of the retry, ⌈1.5·s⌉, raises ρ to what that count covers and
+        asks for a fresh estimate at the next step.
+
+        Raises:
+            SamplingError: the retry would need more than ``max_stages`` stages."""
+        s_new = max(s + 1, math.ceil(1.5 * s))
+        if s_new > self.max_stages:
+            raise SamplingError(
+                f"solver 'rkc': steps from t = {float(t):.6g} keep growing (the right-hand side's spectral radius is above "
+                f"what {s} stages cover at step {abs(h):.3g}, estimate ρ = {self.rho:.4g}): the coupled system is extremely "
+                "stiff or the flow diverges. Lower eta (the network's rate), lower dt, or use training='steps'",
+                t=float(t),
+            )
+        self.rejections += 1
+        covered = rkc_stability_bound(s_new) / (self.safety * abs(h))
+        self.rho = covered if not math.isfinite(self.rho) else max(self.rho, covered)
+        self.growth, self.last_refresh = 1.0, self.steps - self.every  # a fresh estimate at the next step
+        self.stage_total += s_new
+        self.max_stages_used = max(self.max_stages_used, s_new)
+        return s_new
 
     def stages(self, func, t: Tensor, y: Tensor, f0: Tensor, h: float) -> int:
         """The stage count for a step of size h from (t, y) (refreshing ρ when due).
@@ -292,14 +328,31 @@ class RKC(FixedGridODESolver):
     def _step_func(self, func, t0, dt, t1, y0):
         f0 = func(t0, y0)
         s = self.fixed_stages or self.spectral.stages(func, t0, y0, f0, float(dt))
+        while True:
+            y1, grew = self._chebyshev_step(func, t0, dt, y0, f0, s)
+            if not grew or self.fixed_stages:
+                return y1 - y0, f0
+            s = self.spectral.reject(t0, float(dt), s)
+
+    def _chebyshev_step(self, func, t0, dt, y0: Tensor, f0: Tensor, s: int) -> tuple[Tensor, bool]:
+        """One s-stage step from y0 (module docstring); also says whether a stage derivative
+        grew beyond ``GROWTH``·‖F(t0, y0)‖ + ``FLOOR``·max(‖y0‖, 1)/h (or stopped being finite):
+        the step left the stability region, whatever the estimate said.  (The floor lets F grow
+        from ≈ 0 — a state at rest, a forcing — by what would move the state 1 % in one step.)"""
         mu, nu, mu_t, gamma_t, c = rkc_coefficients(s)
         hf0 = dt * f0
+        limit = GROWTH * float(f0.norm()) + FLOOR * max(float(y0.norm()), 1.0) / max(abs(float(dt)), 1e-300)
+        grew = False
         y_prev2, y_prev = y0, y0 + mu_t[1] * hf0
         for j in range(2, s + 1):
             fj = func(t0 + c[j - 1] * dt, y_prev)
+            fn = float(fj.norm())
+            if not (fn <= limit):  # (NaN too)
+                grew = True
+                break
             y_new = (1 - mu[j] - nu[j]) * y0 + mu[j] * y_prev + nu[j] * y_prev2 + mu_t[j] * dt * fj + gamma_t[j] * hf0
             y_prev2, y_prev = y_prev, y_new
-        return y_prev - y0, f0
+        return y_prev, grew
 
 
 TORCHDIFFEQ_REGISTRY.setdefault("rkc", RKC)  # what torchdiffeq.odeint looks up

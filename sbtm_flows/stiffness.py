@@ -98,9 +98,13 @@ def hessian_max_eigenvalue(
     genuinely growing mode of the ODE itself, which every consistent solver follows.
     Returns max(λ_max, 0), or ``(λ_max, v)`` with its Ritz vector when ``return_vector``
     (``t``: the time, for a time-conditioned score model).
+
+    With a preconditioned Θ flow (dΘ/dt ≈ −η·D·∇_Θ L, ``theta_flow="rmsprop"``) the Θ block's
+    Jacobian is −η·D·∇²_Θ L, whose eigenvalues are those of D^{1/2} ∇²_Θ L D^{1/2}: that
+    symmetric matrix is the one estimated (D from the state y).
     """
     x, theta = flow.split(y)
-    hvp = flow.hvp(flow.training_rows(x.detach())[0], theta, t)
+    hvp = _preconditioned(flow.hvp(flow.training_rows(x.detach())[0], theta, t), flow, y)
     q = torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(theta) if v0 is None else v0.to(theta)
     q = q / q.norm()
     qs, alphas, betas = [], [], []
@@ -132,6 +136,17 @@ def hessian_max_eigenvalue(
         return lam
     v = sum(float(evecs[j, i]) * qs[j] for j in range(k))
     return lam, (v / v.norm()).detach()
+
+
+def _preconditioned(hvp, flow, y: Tensor):
+    """q ↦ D^{1/2}·∇²_Θ L·D^{1/2}·q for the Θ flow's preconditioner D at state y (``hvp``
+    itself when D is the identity)."""
+    precond = getattr(flow, "preconditioner", None)
+    d = precond(y) if precond is not None else None
+    if d is None:
+        return hvp
+    root = d.sqrt()
+    return lambda q: root * hvp(root * q)
 
 
 class AutoEta(EtaSchedule):
