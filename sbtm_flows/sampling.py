@@ -301,6 +301,7 @@ class SBTMSampler:
                               holdout_x0=holdout[0], holdout_log_density0=holdout[1], **flow_t0)
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
             self.spectral.restrict(dyn.training_length(y))
+            self.spectral.name_blocks(self._blocks(y))
         self._track(y, t0, 0)
         if cfg.training == "flow" and self.spectral is None:
             self._start_flow(y, t0, generator)
@@ -320,6 +321,11 @@ class SBTMSampler:
         if cfg.stiffness_check or self.monitor is not None:
             dyn.choose_batch(dyn.n_particles(y), 0)
             prerun_check(dyn, y, cfg.solver.method, h, t0, cfg.t_final, generator, self.monitor)
+
+    def _blocks(self, y: Tensor) -> dict[str, int]:
+        """Lengths of the training part's blocks of the state, in order (``x``, ``theta``,
+        ``theta_aux``, ``log_density`` — those present; :meth:`SBTMFlow.blocks`)."""
+        return {name: b.numel() for name, b in self.dyn.blocks(y).items() if b is not None and not name.startswith("holdout")}
 
     def _track(self, y: Tensor, t: float, k: int) -> None:
         """Let an η schedule with ``refresh_every`` re-size η from the state y at t (``k``: the
