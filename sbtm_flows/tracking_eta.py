@@ -86,7 +86,7 @@ class TrackingEta(EtaSchedule):
         self.eta_min, self.eta_max = float(eta_min), float(eta_max)
         self.every, self.iters, self.first_iters, self.seed = every, iters, first_iters, int(seed)
         self.quantile = float(quantile)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.generator: torch.Generator | None = None  # made at the first refresh (a fresh schedule is plain data)
         self.value: float | None = None
         self.lam = self.kappa = float("nan")
         self.v_theta: Tensor | None = None
@@ -112,6 +112,8 @@ class TrackingEta(EtaSchedule):
         r"""Re-estimate λ_max(∇²_Θ L) and κ_X at the state y ``(len,)`` of ``flow`` (an
         :class:`~sbtm_flows.dynamics.SBTMFlow`) at time t and set η; returns it."""
         first = self.value is None
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.seed)
         iters = self.first_iters if first else self.iters
         lam, self.v_theta = hessian_max_eigenvalue(flow, y, iters, self.generator, self.v_theta, return_vector=True, t=t)
         x = flow.split(y)[0].detach()
@@ -137,14 +139,16 @@ class TrackingEta(EtaSchedule):
         """What a checkpoint needs to continue bitwise."""
         return {"value": self.value, "lam": self.lam, "kappa": self.kappa, "record": dict(self.record),
                 "v_theta": None if self.v_theta is None else self.v_theta.cpu(),
-                "v_x": None if self.v_x is None else self.v_x.cpu(), "generator": self.generator.get_state()}
+                "v_x": None if self.v_x is None else self.v_x.cpu(), "generator": None if self.generator is None else self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
         self.value, self.lam, self.kappa = state["value"], state["lam"], state["kappa"]
         self.record = dict(state["record"])
         self.v_theta, self.v_x = state["v_theta"], state["v_x"]
-        self.generator.set_state(state["generator"])
+        if state["generator"] is not None:
+            self.generator = torch.Generator().manual_seed(self.seed)
+            self.generator.set_state(state["generator"])
 
     def summary(self) -> dict | None:
         """Range of η, largest λ_max and κ_X seen, number of refreshes."""

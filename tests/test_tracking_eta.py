@@ -87,3 +87,18 @@ def test_same_seed_same_particles():
     assert torch.equal(runs[0].particles, runs[1].particles)
     assert runs[0].info["eta_schedule"]["refreshes"] == 2  # every 10 of the 20 steps
     assert torch.equal(runs[0].diagnostics["eta"], runs[1].diagnostics["eta"])
+
+
+def test_resume_is_bitwise(tmp_path):
+    """The schedule's state (η, λ_max, κ_X, warm-start vectors, generator) travels in the checkpoint."""
+    target = sf.Gaussian(torch.zeros(1), torch.eye(1))
+    kw = dict(method="sbtm", init=sf.Gaussian(torch.zeros(1), 0.1 * torch.eye(1)), n=100, t_final=0.3, dt=0.01,
+              save_every=5, eta=TrackingEta(every=4))
+    full = sf.sample(target, **kw)
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(sf.SamplingError, match="max_nfe"):
+        sf.sample(target, checkpoint=ck, checkpoint_every=1, max_nfe=full.nfe // 2, **kw)
+    resumed = sf.sample(target, checkpoint=ck, checkpoint_every=1, resume=True, **kw)
+    assert torch.equal(resumed.particles, full.particles) and torch.equal(resumed.thetas, full.thetas)
+    assert torch.equal(resumed.diagnostics["eta"], full.diagnostics["eta"])
+    assert resumed.info["eta_schedule"]["refreshes"] == full.info["eta_schedule"]["refreshes"]
