@@ -57,13 +57,13 @@ def _positive_float(s: str) -> float:
 
 
 def _eta(s: str):
-    if s in ("auto", "ntk"):
+    if s in ("auto", "ntk", "track"):
         return s
     return _positive_float(s)
 
 
 def _valid_eta(v) -> bool:
-    """An η a config file may hold: a positive finite number, "auto", "ntk", or the keywords of a
+    """An η a config file may hold: a positive finite number, "auto", "ntk", "track", or the keywords of a
     :class:`~sbtm_flows.eta.DecayingEta`."""
     if isinstance(v, dict):
         from .eta import DecayingEta
@@ -74,7 +74,7 @@ def _valid_eta(v) -> bool:
             return False
         return True
     if isinstance(v, str):
-        return v in ("auto", "ntk")
+        return v in ("auto", "ntk", "track")
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
@@ -86,7 +86,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sde-solver", help="torchsde method for Langevin (euler, ...)")
     p.add_argument("--training", choices=["flow", "steps", "auto"],
                    help="SBTM training: coupled flow, K optimizer steps per step, or auto (steps on dilation paths)")
-    p.add_argument("--eta", type=_eta, help="eta of the coupled flow: a positive number (default 5), 'auto' or 'ntk'")
+    p.add_argument("--eta", type=_eta, help="eta of the coupled flow: a positive number (default 5), 'auto', 'ntk' or 'track'")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -232,7 +232,7 @@ def _validate(cfg: dict, defaults: dict | None = None) -> None:
         if key in ("t_final", "dt", "lam0") and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
             raise _bad(key, v, "a positive finite number")
         if key == "eta" and not _valid_eta(v):
-            raise _bad(key, v, "a positive number, 'auto', 'ntk' or a dict of DecayingEta's eta0, eta_inf, t_c")
+            raise _bad(key, v, "a positive number, 'auto', 'ntk', 'track' or a dict of DecayingEta's eta0, eta_inf, t_c")
         if defaults and key in defaults and defaults[key] is not None and key != "eta":
             kind = float if isinstance(defaults[key], float) else type(defaults[key])
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else isinstance(v, kind)

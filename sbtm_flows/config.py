@@ -280,11 +280,14 @@ class SBTMConfig(RunConfig):
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
             :class:`~sbtm_flows.ntk.NTKEta` (η from Theorem 3.5's condition at the current
             state; ``"ntk"`` = ``NTKEta()``; a ``ceiling=None`` is set to the stiffness limit
-            ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit).
+            ½·c/(λ_max(∇²_Θ L)·dt) after the initial fit), or ``"track"``
+            (:class:`~sbtm_flows.tracking_eta.TrackingEta`: η = ratio·κ_X/λ_max(∇²_Θ L), the network's
+            fastest mode a fixed multiple faster than the particles' — the dilation path's flow).
         score_model: a network ``(n, d) -> (n, d)``, or a time-conditioned one ``(x, t)``
             (``model.time_conditioned``, e.g. :class:`~sbtm_flows.score.ScaledScore`); default
             :class:`ScoreMLP(hidden, activation)`, wrapped in ``ScaledScore(net, path.scale)``
-            when ``training="steps"`` and the path has a ``scale(t)`` (:class:`~sbtm_flows.paths.Dilation`).
+            when the path has a ``scale(t)`` (:class:`~sbtm_flows.paths.Dilation`) and ``training="steps"``
+            or the η schedule ``absorbs_loss_scale`` (``eta="track"``).
         divergence: ``"exact"``, ``"hutchinson"`` (``probes`` probes) or ``"auto"``.
         init_steps, init_tol: the initial fit of s_Θ to ∇log f_0 (explicit score matching if
             ``init`` has a score, else implicit); its relative error is in ``result.info``.

@@ -317,6 +317,25 @@ class _Base(torch.nn.Module):
         md = self.holdout * self.dim
         return tail[:md].view(self.holdout, self.dim), (tail[md:] if self.track_logdensity else None)
 
+    def theta_block(self, y: Tensor) -> Tensor | None:
+        """Θ ``(P,)`` from a state (a view), or ``None`` when the state has no Θ block (the
+        discrete training keeps Θ in the network)."""
+        return None
+
+    def aux_block(self, y: Tensor) -> Tensor | None:
+        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` when it has none."""
+        return None
+
+    def blocks(self, y: Tensor) -> dict[str, Tensor | None]:
+        """The blocks of a state as views: ``x (n, d)`` (training particles), ``theta (P,)``,
+        ``theta_aux (A,)`` (the Θ dynamics' auxiliary state, e.g. RMSprop's second moments),
+        ``log_density (n,)``, ``holdout_x (m, d)``, ``holdout_log_density (m,)`` (``None`` when the
+        state has no such block); concatenated flat in this order they are y."""
+        n = self.n_particles(y)
+        xh, lh = self.split_holdout(y) if self.holdout else (None, None)
+        return {"x": y[: n * self.dim].view(n, self.dim), "theta": self.theta_block(y), "theta_aux": self.aux_block(y),
+                "log_density": self.log_density(y), "holdout_x": xh, "holdout_log_density": lh}
+
     def _append_holdout(self, parts: list[Tensor], x: Tensor | None, log_density: Tensor | None, like: Tensor) -> Tensor:
         """cat(parts) ⊕ vec(X̃₀) [⊕ ℓ̃₀]: the initial state with its held-out block."""
         if self.holdout == 0:
@@ -485,6 +504,10 @@ class SBTMFlow(_Base):
         start = self.n_particles(y) * self.dim + self.n_params
         return y[start : start + self.n_aux]
 
+    def aux_block(self, y: Tensor) -> Tensor | None:
+        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` for ``"gd"`` (none)."""
+        return self.aux(y) if self.n_aux else None
+
     def preconditioner(self, y: Tensor) -> Tensor | None:
         """D ``(P,)`` with dΘ/dt ≈ −η·D·∇_Θ L at state y (``None``: the identity, ``"gd"``)."""
         return self.theta_flow.preconditioner(self.aux(y).detach())
@@ -494,6 +517,10 @@ class SBTMFlow(_Base):
         n = self.n_particles(y)
         nd = n * self.dim
         return y[:nd].view(n, self.dim), y[nd : nd + self.n_params]
+
+    def theta_block(self, y: Tensor) -> Tensor:
+        """Θ ``(P,)`` from a state (a view)."""
+        return self.split(y)[1]
 
     def log_density(self, y: Tensor) -> Tensor | None:
         """ℓ = log f_t(X) ``(n,)`` from a state, or ``None`` when not tracked."""

@@ -15,12 +15,18 @@ capabilities it declares, never on its class:
   with :meth:`~EtaSchedule.set_ceiling` (the stability ceiling of an NTKEta without one);
 * ``reference_score``: g(x, t) ≈ ∇log f_t that the schedule compares against (``None``: none),
   used by the NTK records too;
+* ``refresh_every``: every this many integration steps (and at the start) the sampler calls
+  :meth:`~EtaSchedule.refresh` with the state, from which the schedule re-sizes η (then constant
+  until the next refresh; :class:`~sbtm_flows.tracking_eta.TrackingEta`); ``None``: never;
+* ``absorbs_loss_scale``: η follows λ_max(∇²_Θ L), so a loss multiplied by a time-dependent
+  factor (a :class:`~sbtm_flows.score.ScaledScore` network on a dilation path: c(t)⁻²) leaves
+  the flow's stiffness unchanged — the default network is then a ScaledScore on such a path too;
 * :meth:`~EtaSchedule.state_dict` / :meth:`~EtaSchedule.load_state_dict`: what a checkpoint
   keeps (plain data) so that a resumed run is bitwise the same.
 
 :func:`as_eta` turns what ``sample(eta=...)`` accepts into a schedule, once: a number
 (:class:`ConstantEta`), a callable of t (:class:`TimeEta`), the keywords of a
-:class:`DecayingEta` (a dict, as JSON configs hold it), ``"auto"``, ``"ntk"`` or a schedule.
+:class:`DecayingEta` (a dict, as JSON configs hold it), ``"auto"``, ``"ntk"``, ``"track"`` or a schedule.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class EtaSchedule:
 
     stateful: bool = False
     follows_curvature: bool = False
+    refresh_every: int | None = None
+    absorbs_loss_scale: bool = False
     reference_score: Callable[[Tensor, float], Tensor] | None = None
 
     def __call__(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None, flow: Any = None) -> float:
@@ -62,6 +70,14 @@ class EtaSchedule:
     def observe_curvature(self, lam: float, limit: float, h: float) -> None:
         """Told λ_max(∇²_Θ L), the solver's stability limit c and the step h by the stiffness
         monitor; a ``follows_curvature`` schedule sets η from them (the default ignores them)."""
+
+    def refresh(self, flow: Any, y: Tensor, t: float) -> None:
+        """Re-size η from the coupled state y ``(len,)`` of ``flow`` at time t (schedules with
+        ``refresh_every``; the default ignores it)."""
+
+    def summary(self) -> dict | None:
+        """Facts about the run for ``result.info["eta_schedule"]`` (``None``: nothing to report)."""
+        return None
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps (plain data; empty for a fixed schedule)."""
@@ -146,6 +162,7 @@ def as_eta(eta: Any, t0: float | None = None) -> EtaSchedule:
     """``eta`` as an :class:`EtaSchedule`: a schedule itself, ``"auto"`` → a fresh
     :class:`~sbtm_flows.stiffness.AutoEta`, ``"ntk"`` → a fresh :class:`~sbtm_flows.ntk.NTKEta`,
     a dict → :class:`DecayingEta` of its keywords,
+    ``"track"`` → a fresh :class:`~sbtm_flows.tracking_eta.TrackingEta`,
     a number → :class:`ConstantEta`, a callable of t → :class:`TimeEta` (with ``t0`` given, its
     value at t0 is checked first).
 
@@ -168,7 +185,11 @@ def as_eta(eta: Any, t0: float | None = None) -> EtaSchedule:
             from .ntk import NTKEta
 
             return NTKEta()
-        raise ValueError(f"eta must be a number, a callable of t, 'auto', 'ntk' or an NTKEta, got {eta!r}")
+        if eta == "track":
+            from .tracking_eta import TrackingEta
+
+            return TrackingEta()
+        raise ValueError(f"eta must be a number, a callable of t, 'auto', 'ntk', 'track' or an EtaSchedule, got {eta!r}")
     if callable(eta):
         if t0 is not None:
             v = eta(t0)

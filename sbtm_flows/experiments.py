@@ -275,9 +275,11 @@ def dilation_2d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     """§5.4: 16 unit-variance modes on {−6, −2, 2, 6}², dilation path π_t(x) ∝ π(x/λ(t)),
     λ linear from ``lam0`` to 1.  SBTM uses the paper's discrete training here, whose default
     network on a dilation path is a :class:`~sbtm_flows.score.ScaledScore` learning in x/λ(t):
-    on this path the coupled flow's spectral radius grows by orders of magnitude within a fraction
-    of a time unit (η = 10: 370 → 7·10⁴; with ScaledScore 1.4·10⁴ → 10⁶), beyond what even the
-    stabilised solver rkc follows (README, η and stiffness)."""
+    on this path a fixed η lets the Θ block's curvature grow by orders of magnitude within a
+    fraction of a time unit (η = 10: ρ_Θ 130 → 2·10⁵; with ScaledScore 2.5·10⁵ → 2·10⁷), beyond what
+    even the stabilised solver rkc follows; ``--training flow --eta track`` (η sized to the particle
+    block, :mod:`sbtm_flows.tracking_eta`) keeps it stable to T = 20, but its mode weights are off
+    (TV to annealed ULA 0.28 against the discrete training's 0.025; README, η and stiffness)."""
     from .metrics import mode_weights, tv_distance
     from .paths import Dilation
 

@@ -134,7 +134,11 @@ class SpectralRadius:
     While ρ grows (rate g per step, from the last two refreshes) it is extrapolated, ρ·g^k k steps
     after a refresh, and the next refresh comes as soon as g^k > 1.1 (on §5.3 at T = 4 ρ grows
     8 % per step).  A refresh also comes early when ‖F(t, y)‖ at a step's start exceeds 1.5× the
-    previous step's (a stiff mode that has begun to grow).  Also records the largest ρ·h and stage count seen.
+    previous step's (a stiff mode that has begun to grow).  Also records the largest ρ·h and stage count seen
+    and, when the state's blocks are named (:meth:`name_blocks`), which block the dominant
+    direction lives in: the share ‖v_b‖²/‖v‖² of each block b in the power iteration's vector at
+    the step with the largest ρ·h (``summary()["dominant_share"]``; e.g. the coupled flow on
+    paper §5.4 is stiff in Θ, on eight_schools in X).
 
     Args:
         every: steps between refreshes; iters / first_iters: power iterations per refresh.
@@ -165,15 +169,40 @@ class SpectralRadius:
         self.evaluations = 0
         self.max_rho_h, self.max_stages_used, self.t_max = 0.0, 0, float("nan")
         self.stage_total = 0
+        self.blocks: dict[str, int] = {}
+        self.shares: dict[str, float] = {}
+        self.shares_at_max: dict[str, float] = {}
         self.rejections = 0
 
     def restrict(self, head: int | None) -> None:
         """Estimate ρ on the first ``head`` state entries only (``None``: all of them)."""
         self.head = None if head is None else int(head)
 
+    def name_blocks(self, sizes: dict[str, int]) -> None:
+        """Name the consecutive blocks of the state (name -> length, in order from the start) whose
+        share of the dominant direction is recorded; entries past them count as ``"rest"``."""
+        for name, k in sizes.items():
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ValueError(f"block {name!r}: length must be a non-negative integer, got {k!r}")
+        self.blocks = dict(sizes)
+
+    def _block_shares(self, v: Tensor) -> dict[str, float]:
+        """‖v_b‖²/‖v‖² for each named block b (and ``"rest"``), ``{}`` without names."""
+        if not self.blocks:
+            return {}
+        total = max(float(v.double().pow(2).sum()), 1e-300)
+        out, start = {}, 0
+        for name, k in self.blocks.items():
+            out[name] = float(v[start : start + k].double().pow(2).sum()) / total
+            start += k
+        if start < v.shape[0]:
+            out["rest"] = float(v[start:].double().pow(2).sum()) / total
+        return out
+
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue bitwise."""
-        return {"v": None if self.v is None else self.v.cpu(), "rho": self.rho, "steps": self.steps,
+        return {"blocks": dict(self.blocks), "shares": dict(self.shares), "shares_at_max": dict(self.shares_at_max),
+                "v": None if self.v is None else self.v.cpu(), "rho": self.rho, "steps": self.steps,
                 "last_refresh": self.last_refresh, "f_norm": self.f_norm, "growth": self.growth,
                 "evaluations": self.evaluations, "max_rho_h": self.max_rho_h, "max_stages_used": self.max_stages_used,
                 "t_max": self.t_max, "stage_total": self.stage_total, "rejections": self.rejections}
@@ -187,7 +216,7 @@ class SpectralRadius:
         """Largest ρ·h and stage count seen, mean stages per step, power-iteration evaluations."""
         return {"max_rho_h": self.max_rho_h, "at_t": self.t_max, "max_stages": self.max_stages_used,
                 "mean_stages": self.stage_total / max(self.steps, 1), "power_evaluations": self.evaluations,
-                "rho_last": self.rho, "rejected_steps": self.rejections}
+                "rho_last": self.rho, "rejected_steps": self.rejections, "dominant_share": dict(self.shares_at_max)}
 
     def refresh(self, func, t: Tensor, y: Tensor, f0: Tensor) -> float:
         """Power iterations at (t, y) with F(t, y) = ``f0``; returns ρ."""
@@ -214,6 +243,7 @@ class SpectralRadius:
                 break
             rho, v = rho_new, dv / max(float(dv.norm()), 1e-300)
         self.v = v.detach()
+        self.shares = self._block_shares(self.v)
         # the power method approaches ρ from below, and a direction warm-started from a spectrum
         # that has since moved can read low: let the estimate fall by at most `decay` per refresh
         self.rho = rho if first or not math.isfinite(self.rho) else max(rho, self.decay * self.rho)
@@ -271,7 +301,7 @@ class SpectralRadius:
                 t=float(t),
             )
         if z > self.max_rho_h:
-            self.max_rho_h, self.t_max = z, float(t)
+            self.max_rho_h, self.t_max, self.shares_at_max = z, float(t), dict(self.shares)
         self.max_stages_used = max(self.max_stages_used, s)
         self.stage_total += s
         return s

@@ -5,6 +5,8 @@ r"""``sample()``: the front door, and SBTM as a sampler of the generic run loop.
 builds the path, X₀, the score network and an :class:`SBTMSampler` (the dynamics of
 :mod:`sbtm_flows.dynamics` integrated with torchdiffeq between output times), and hands them
 to :func:`sbtm_flows.loop.run`, which owns progress, checkpoints, stop rules and the Result.
+The sampler's :class:`SBTMState` holds particles, Θ, ℓ and the held-out block; the flat vector
+torchdiffeq integrates is built from it only inside :meth:`SBTMSampler.advance`.
 
 Fixed-step solvers step on the path's time grid (``path.time_grid``); adaptive solvers get
 ``rtol``/``atol`` and restart their step-size control at each output time.
@@ -96,7 +98,7 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
     eta = copy.copy(as_eta(cfg.flow.eta, cfg.t0)) if cfg.training == "flow" else None  # the run sets its value / ceiling
     hgen = holdout_generator(gen)
     xh0 = holdout_particles(init_target, cfg.density.holdout, hgen, x0, cfg.density.track_logdensity)
-    model = _score_network(cfg, path, x0, gen, dtype, device)
+    model = _score_network(cfg, path, x0, gen, dtype, device, scaled=eta is not None and eta.absorbs_loss_scale)
     grid, out_idx = output_grid(path, cfg.t0, cfg.t_final, cfg.dt, int(cfg.save_every), cfg.solver.method in FIXED_GRID_SOLVERS, cfg.times)
     sampler = SBTMSampler(cfg, path, model, eta, grid, grid[out_idx], gen, hgen, init_target, device)
     config_dict = cfg.to_dict()
@@ -119,15 +121,16 @@ def run_sbtm(target, config: SBTMConfig | None = None, **kwargs) -> Result:
 METHODS["sbtm"] = run_sbtm
 
 
-def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device) -> torch.nn.Module:
+def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device, scaled: bool = False) -> torch.nn.Module:
     """The configured score network (default: :class:`ScoreMLP` drawn from ``gen``, in
-    ``ScaledScore(net, path.scale)`` for the discrete training on a dilation path), checked on X₀."""
+    ``ScaledScore(net, path.scale)`` on a dilation path for the discrete training and, when
+    ``scaled`` (an η schedule that ``absorbs_loss_scale``), for the flow), checked on X₀."""
     model = cfg.score.model
     if model is None:
         model = ScoreMLP(path.dim, cfg.score.hidden, cfg.score.activation, generator=gen, dtype=dtype)
-        if cfg.training == "steps" and callable(getattr(path, "scale", None)):
-            # a path that dilates space: learn in its coordinates (see ScaledScore; with
-            # training="flow" the loss curvature in Θ would grow like 1/c(t)², so not by default)
+        if (cfg.training == "steps" or scaled) and callable(getattr(path, "scale", None)):
+            # a path that dilates space: learn in its coordinates (see ScaledScore; with a fixed η
+            # the flow's loss curvature in Θ would grow like 1/c(t)², which a TrackingEta absorbs)
             model = ScaledScore(model, path.scale)
     model = model.to(device=device, dtype=dtype)
     _check_score_model(model, x0, cfg.t0)
@@ -136,11 +139,33 @@ def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, dev
 
 @dataclass
 class SBTMState:
-    """SBTM's State: y = vec(X) ⊕ Θ [⊕ ℓ] [⊕ vec(X̃) [⊕ ℓ̃]] (the torchdiffeq state of the
-    dynamics; the discrete training has no Θ block, its network and optimizer live in the
-    sampler and travel through :meth:`SBTMSampler.state_dict`)."""
+    """SBTM's State: the training particles ``x (n, d)`` (this process's rows), Θ ``theta (P,)``
+    (the coupled flow; ``None`` for the discrete training, whose network and optimizer live in the
+    sampler), the Θ dynamics' auxiliary state ``theta_aux (A,)`` (``theta_flow="rmsprop"``: second
+    moments; ``None`` for ``"gd"``), ℓ = log f_t(X) ``log_density (n,)``, the held-out particles ``holdout_x (m, d)`` and
+    their ℓ̃ ``holdout_log_density (m,)`` (``None`` when absent).  The Hutchinson probes, the
+    generators, the network and optimizer of the discrete training and the stiffness monitors are
+    the sampler's and travel through :meth:`SBTMSampler.state_dict`.
 
-    y: Tensor
+    The flat vector y = vec(X) ⊕ Θ [⊕ A] [⊕ ℓ] [⊕ vec(X̃) [⊕ ℓ̃]] that torchdiffeq integrates is built
+    only at that boundary: :meth:`pack` and :meth:`unpack`."""
+
+    x: Tensor
+    theta: Tensor | None = None
+    theta_aux: Tensor | None = None
+    log_density: Tensor | None = None
+    holdout_x: Tensor | None = None
+    holdout_log_density: Tensor | None = None
+
+    def pack(self) -> Tensor:
+        """y, the blocks flattened and concatenated in the dynamics' layout, ``(N,)``."""
+        blocks = (self.x, self.theta, self.theta_aux, self.log_density, self.holdout_x, self.holdout_log_density)
+        return torch.cat([b.reshape(-1) for b in blocks if b is not None])
+
+    @classmethod
+    def unpack(cls, y: Tensor, dyn) -> "SBTMState":
+        """The State whose :meth:`pack` is y (views of y), in the layout of the dynamics ``dyn``."""
+        return cls(**dyn.blocks(y))
 
 
 @dataclass
@@ -150,7 +175,7 @@ class SBTMView:
     absent); ``holdout_lost (m,)`` bool is computed on first use (one held-out velocity per time)."""
 
     sampler: Any
-    y: Tensor
+    state: SBTMState
     t: float
     x: Tensor
     theta: Tensor
@@ -167,7 +192,7 @@ class SBTMView:
     def holdout_lost(self) -> Tensor:
         """Held-out particles frozen because their position or rates stopped being finite, ``(m,)`` bool."""
         if self._lost is None:
-            self._lost = self.sampler.dyn.holdout_velocity(self.t, self.y, self.score_fn)[2]
+            self._lost = self.sampler.dyn.holdout_velocity(self.t, self.state.pack(), self.score_fn)[2]
         return self._lost
 
     @property
@@ -220,6 +245,7 @@ class SBTMSampler:
                                                 generator=generator)
             elif cfg.stiffness_check and getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None:
                 self.monitor = StiffnessMonitor(self.dyn, cfg.solver.method, eta_limit(cfg.solver.method), every=20, generator=generator)
+        self.tracker = eta if cfg.training == "flow" and eta.refresh_every else None
         self.info: dict = {}
         self._view = None
         stable = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None)
@@ -275,9 +301,11 @@ class SBTMSampler:
                               holdout_x0=holdout[0], holdout_log_density0=holdout[1], **flow_t0)
         if self.spectral is not None:  # the training block only: held-out particles leave the steps unchanged
             self.spectral.restrict(dyn.training_length(y))
+            self.spectral.name_blocks(self._blocks(y))
+        self._track(y, t0, 0)
         if cfg.training == "flow" and self.spectral is None:
             self._start_flow(y, t0, generator)
-        return SBTMState(y)
+        return SBTMState.unpack(y, dyn)
 
     def _start_flow(self, y: Tensor, t0: float, generator: torch.Generator) -> None:
         """An NTKEta's stability ceiling and the pre-run stiffness check (the check is at t0, so it
@@ -294,6 +322,18 @@ class SBTMSampler:
             dyn.choose_batch(dyn.n_particles(y), 0)
             prerun_check(dyn, y, cfg.solver.method, h, t0, cfg.t_final, generator, self.monitor)
 
+    def _blocks(self, y: Tensor) -> dict[str, int]:
+        """Lengths of the training part's blocks of the state, in order (``x``, ``theta``,
+        ``theta_aux``, ``log_density`` — those present; :meth:`SBTMFlow.blocks`)."""
+        return {name: b.numel() for name, b in self.dyn.blocks(y).items() if b is not None and not name.startswith("holdout")}
+
+    def _track(self, y: Tensor, t: float, k: int) -> None:
+        """Let an η schedule with ``refresh_every`` re-size η from the state y at t (``k``: the
+        output interval whose training subset the loss uses)."""
+        if self.tracker is not None:
+            self.dyn.choose_batch(self.dyn.n_particles(y), k)
+            self.tracker.refresh(self.dyn, y, t)
+
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state
         every ``every`` steps: a fixed one-step solver integrates the interval in pieces of that
@@ -302,29 +342,32 @@ class SBTMSampler:
         options = dict(cfg.solver.options or {})
         if self.spectral is not None:
             options["spectral"] = self.spectral
+        y = state.pack()  # the torchdiffeq boundary
         if cfg.training == "flow":  # the training subset of this output interval
-            self.dyn.choose_batch(self.dyn.n_particles(state.y), self._k[t0])
+            self.dyn.choose_batch(state.x.shape[0], self._k[t0])
         if not self.fixed:
             if self.monitor is not None:
-                self.monitor.check(state.y, t0, cfg.dt, self._k[t0] * int(cfg.save_every))
-            return SBTMState(odeint_chunk(self.dyn, state.y, self.grid[[i0, i1]], cfg.solver.method, cfg.solver.rtol, cfg.solver.atol, options))
+                self.monitor.check(y, t0, cfg.dt, self._k[t0] * int(cfg.save_every))
+            y = odeint_chunk(self.dyn, y, self.grid[[i0, i1]], cfg.solver.method, cfg.solver.rtol, cfg.solver.atol, options)
+            return SBTMState.unpack(y, self.dyn)
         one_step = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None  # not multistep
         every = min([m.every for m in (self.monitor, self.xstiff) if m is not None and one_step], default=i1 - i0)
-        y = state.y
+        every = min(every, int(self.tracker.refresh_every)) if self.tracker is not None else every
         for a in range(i0, i1, max(1, every)):
             t_a, h_a = float(self.grid[a]), float(self.grid[a + 1] - self.grid[a])
+            if a > 0:  # (at the run's start init() has just refreshed it)
+                self._track(y, t_a, self._k[t0])
             if self.xstiff is not None:
-                self.xstiff.check(self.particles(SBTMState(y)), t_a, h_a, a)
+                self.xstiff.check(self.particles(SBTMState.unpack(y, self.dyn)), t_a, h_a, a)
             if self.monitor is not None:
                 self.monitor.check(y, t_a, h_a, a)
             y = odeint_chunk(self.dyn, y, self.grid[a : min(a + max(1, every), i1) + 1], cfg.solver.method,
                              ADAPTIVE_OPTIONS["rtol"], ADAPTIVE_OPTIONS["atol"], options)  # rtol/atol unused here
-        return SBTMState(y)
+        return SBTMState.unpack(y, self.dyn)
 
     def particles(self, state: SBTMState) -> Tensor:
         """The training particles X ``(n, d)`` (all ranks' rows, gathered in order, under torch.distributed)."""
-        x = self.dyn.split(state.y)[0] if self.cfg.training == "flow" else self.dyn.split(state.y)
-        return x if self.comm is None else self.comm.gather_rows(x)
+        return state.x if self.comm is None else self.comm.gather_rows(state.x)
 
     def nfe(self, state: SBTMState) -> int:
         """Right-hand-side evaluations so far."""
@@ -336,7 +379,7 @@ class SBTMSampler:
         monitors, the rkc estimator and the η schedule's state."""
         dyn = self.dyn
         return {
-            "y": state.y.detach().cpu(), **dyn.run_state(), "info": dict(self.info),
+            "y": state.pack().detach().cpu(), **dyn.run_state(), "info": dict(self.info),
             "monitor": None if self.monitor is None else self.monitor.state_dict(),
             "eta": dyn.eta.state_dict() if self.cfg.training == "flow" else None,
             "stiffness_x": None if self.xstiff is None else self.xstiff.state_dict(),
@@ -359,22 +402,20 @@ class SBTMSampler:
             dyn.eta.load_state_dict(_eta_state(blob))
         if self.xstiff is not None and blob.get("stiffness_x") is not None:
             self.xstiff.load_state_dict(blob["stiffness_x"])
-        return SBTMState(y)
+        return SBTMState.unpack(y, dyn)
 
     # ---- what is recorded -----------------------------------------------------------------
     def view(self, state: SBTMState, t: float) -> SBTMView:
         """What the observers read at output time t, computed once per state and time."""
         if self._view is not None and self._view[0] is state and self._view[1] == t:
             return self._view[2]
-        dyn, y = self.dyn, state.y
-        if self.cfg.training == "flow":
-            x, theta = dyn.split(y)
-            fn = dyn.score_fn(theta, t)
+        x, theta, logd, comm = state.x, state.theta, state.log_density, self.comm
+        if theta is not None:  # the coupled flow: Θ is in the state
+            fn = self.dyn.score_fn(theta, t)
         else:
-            x, theta, fn = dyn.split(y), flatten_params(self.model), at_time(self.model, t)
-        xh, logdh = dyn.split_holdout(y) if self.cfg.density.holdout else (None, None)
-        logd, comm = dyn.log_density(y), self.comm
-        v = SBTMView(self, y, t, x, theta, fn, logd, xh, logdh, x_all=x if comm is None else comm.gather_rows(x),
+            theta, fn = flatten_params(self.model), at_time(self.model, t)
+        v = SBTMView(self, state, t, x, theta, fn, logd, state.holdout_x, state.holdout_log_density,
+                     x_all=x if comm is None else comm.gather_rows(x),
                      log_density_all=logd if comm is None or logd is None else comm.gather_rows(logd))
         self._view = (state, t, v)
         return v
@@ -424,6 +465,8 @@ class SBTMSampler:
             info["eta"] = eta_record(self.dyn.eta)
         if self.spectral is not None:
             info["rkc"] = self.spectral.summary()
+        if cfg.training == "flow" and self.dyn.eta.summary() is not None:
+            info["eta_schedule"] = self.dyn.eta.summary()
         if self.xstiff is not None:
             info["stiffness_x"] = self.xstiff.record()
         if self.monitor is not None and self.monitor.max_z > 0:

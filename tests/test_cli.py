@@ -198,8 +198,10 @@ def test_ctrl_c_writes_a_checkpoint_and_partial_results_and_exits_130(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "out"
     args = ["sample", "--target", "gaussian2d", "--method", "ula", "--n", "500", "--t-final", "3000", "--dt", "0.01",
             "--checkpoint", str(ck), "--out", str(out), "--no-progress"]
+    # SIGINT back to its default in the child: a shell starts background jobs (e.g. `pytest &`) with
+    # SIGINT ignored, which the child would inherit, and Python then never raises KeyboardInterrupt
     p = subprocess.Popen([sys.executable, "-m", "sbtm_flows.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=ENV)
+                         text=True, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 600
         while not (ck / "ula.ckpt").exists():  # the first periodic checkpoint (50 output times)

@@ -117,3 +117,26 @@ def test_hutchinson_flow_is_deterministic_function_of_state():
     y = flow.initial_state(torch.randn(10, 20))
     assert torch.equal(flow(torch.tensor(0.0), y), flow(torch.tensor(0.0), y))
     assert math.isfinite(float(flow(torch.tensor(0.0), y).abs().sum()))
+
+
+@pytest.mark.parametrize("training", ["flow", "steps"])
+def test_state_blocks_pack_back_into_the_torchdiffeq_vector(training):
+    from sbtm_flows.sampling import SBTMState
+
+    tgt = sf.Gaussian(torch.zeros(2, dtype=D64), torch.eye(2, dtype=D64))
+    net = sf.ScoreMLP(2, (8,), "tanh", generator=torch.Generator().manual_seed(0), dtype=D64)
+    cls = sf.SBTMFlow if training == "flow" else sf.SBTMSteps
+    dyn = cls(tgt, net, track_logdensity=True, holdout=3)
+    x, xh = torch.randn(5, 2, dtype=D64), torch.randn(3, 2, dtype=D64)
+    logf, logfh = torch.randn(5, dtype=D64), torch.randn(3, dtype=D64)
+    y = dyn.initial_state(x, log_density0=logf, holdout_x0=xh, holdout_log_density0=logfh)
+    state = SBTMState.unpack(y, dyn)
+    assert torch.equal(state.x, x) and torch.equal(state.log_density, logf)
+    assert torch.equal(state.holdout_x, xh) and torch.equal(state.holdout_log_density, logfh)
+    if training == "flow":
+        assert torch.equal(state.theta, sf.score.flatten_params(net))
+    else:
+        assert state.theta is None
+    assert torch.equal(state.pack(), y)
+    bare = cls(tgt, net)
+    assert SBTMState.unpack(bare.initial_state(x), bare).holdout_x is None

@@ -123,3 +123,30 @@ def test_flow_default_solver_has_no_edge_of_stability_spike_on_51():
     assert res.info["solver"] == "rkc" and res.info["rkc"]["max_rho_h"] > 2.0
     assert _max_fisher_error(res) < 0.35
     assert abs(float(res.at(1.0).double().var()) / (1 - math.exp(-2.2)) - 1) < 0.03
+
+
+def test_dominant_direction_share_names_the_stiff_block():
+    """y' = diag(−1, −2000) y + cos t: the power iteration's vector lies in the stiff entry."""
+    spectral = SpectralRadius(generator=torch.Generator().manual_seed(0))
+    spectral.name_blocks({"slow": 1, "stiff": 1})
+    torchdiffeq.odeint(_linear, Y0, torch.linspace(0, 0.1, 11, dtype=torch.float64), method="rkc",
+                       options={"spectral": spectral})
+    share = spectral.summary()["dominant_share"]
+    assert share["stiff"] > 0.999 and share["slow"] < 1e-3 and "rest" not in share
+    with pytest.raises(ValueError, match="non-negative integer"):
+        spectral.name_blocks({"x": -1})
+
+
+def test_coupled_flow_records_which_block_is_stiff():
+    """§5.4's dilation path with a ScaledScore network and η = 10: the loss carries λ⁻² = 100 and
+    the Θ block holds the dominant direction (README, η and stiffness: ρ_Θ 2.5·10⁵ vs ρ_X ≈ 300)."""
+    from sbtm_flows.experiments import make_target
+    from sbtm_flows.paths import Dilation
+    from sbtm_flows.score import ScaledScore, ScoreMLP
+
+    path = Dilation(make_target("gmm2d"), t_final=20.0, lam0=0.1)
+    model = ScaledScore(ScoreMLP(2, generator=torch.Generator().manual_seed(0)), path.scale)
+    res = sf.sample(path, method="sbtm", training="flow", n=100, t_final=0.0004, dt=0.01, eta=10.0, score_model=model,
+                    init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=1)
+    share = res.info["rkc"]["dominant_share"]
+    assert {"x", "theta"} <= set(share) and share["theta"] > 0.9 and share["x"] < 0.1
