@@ -26,13 +26,14 @@ def run(training: str, seed: int) -> dict:
     init = sf.Gaussian(torch.zeros(1), (1 - math.exp(-0.2)) * torch.eye(1))
     solver = cfg["solver"] if training == "flow" else None
     res = sf.sample(sf.Gaussian(torch.zeros(1), torch.eye(1)), method="sbtm", init=init, n=cfg["n"], t_final=cfg["t_final"],
-                    dt=cfg["dt"], seed=seed, save_every=cfg["save_every"], solver=solver, training=training, eta=cfg["eta"],
-                    track_logdensity=True, holdout=cfg["holdout"])
+                    dt=cfg["dt"], seed=seed, save_every=cfg["save_every"], solver=solver, training=training,
+                    track_logdensity=True, holdout=cfg["holdout"], **({"eta": cfg["eta"]} if training == "flow" else {}))
     v = 1 - torch.exp(-2 * (res.times.double() + 0.1))
     rel = res.diagnostics["fisher"] / ((1 - v) ** 2 / v) - 1
     window = (res.times >= 0.05 - 1e-9) & (res.times <= 1.0 + 1e-9)
     return {"wall": res.wall_time, "nfe": res.nfe, "max_fisher_rel_err": float(rel[window].abs().max()),
-            "var_err_t2": float(res.at(2.0).double().var() / v[-1] - 1), "training": res.info["training"]}
+            "var_err_t2": float(res.at(2.0).double().var() / v[-1] - 1), "training": res.info["training"],
+            "rejected": (res.info.get("rkc") or {}).get("rejected_steps")}
 
 
 def main(repeats: int, seeds: list[int]) -> None:
@@ -44,7 +45,7 @@ def main(repeats: int, seeds: list[int]) -> None:
                 r = run(training, seed)
                 walls[training].append(r["wall"])
                 print(f"seed {seed} {training:5s} wall {r['wall']:6.2f} s  nfe {r['nfe']:5d}  max|F^n/F-1| on [0.05,1] "
-                      f"{r['max_fisher_rel_err']:.3f}  var err t=2 {r['var_err_t2']:+.4f}", flush=True)
+                      f"{r['max_fisher_rel_err']:.3f}  var err t=2 {r['var_err_t2']:+.4f}  rkc retries {r['rejected']}", flush=True)
     med = {k: statistics.median(v) for k, v in walls.items()}
     print(f"median wall: flow {med['flow']:.2f} s, steps {med['steps']:.2f} s, ratio flow/steps {med['flow'] / med['steps']:.2f}")
 
