@@ -462,6 +462,7 @@ class SBTMSampler:
         info["solver"] = cfg.solver.method
         if cfg.training == "flow":
             info["theta_flow"] = self.dyn.theta_flow.config()
+            info["eta"] = eta_record(self.dyn.eta)
         if self.spectral is not None:
             info["rkc"] = self.spectral.summary()
         if cfg.training == "flow" and self.dyn.eta.summary() is not None:
@@ -611,6 +612,16 @@ def _score_config(model, times: Tensor) -> dict | None:
             return None
         cfg["scales"] = [model.scale_at(t) for t in times.tolist()]
     return cfg
+
+
+def eta_record(schedule) -> float | dict | str:
+    """How ``info["eta"]`` (and the experiments' ``metrics.json``) records the flow's η: a constant
+    as its value, a :class:`~sbtm_flows.eta.DecayingEta` as its keywords, others as their repr."""
+    from .eta import ConstantEta, DecayingEta
+
+    if isinstance(schedule, ConstantEta):
+        return schedule.value
+    return schedule.config() if isinstance(schedule, DecayingEta) else repr(schedule)
 
 
 def _eta_state(blob: dict) -> dict:

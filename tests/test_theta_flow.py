@@ -8,6 +8,7 @@ import torch
 import torchdiffeq
 
 import sbtm_flows as sf
+from sbtm_flows.eta import DecayingEta, as_eta
 from sbtm_flows.stiffness import hessian_max_eigenvalue
 from sbtm_flows.theta_flow import DEFAULT_ETA, GradientFlow, RMSpropFlow, resolve_theta_flow
 
@@ -126,3 +127,21 @@ def test_theta_flow_options_are_checked():
         with pytest.raises(ValueError, match="RMSpropFlow"):
             RMSpropFlow(**bad)
     assert isinstance(resolve_theta_flow("gd"), GradientFlow)
+
+
+def test_decaying_eta_schedule():
+    # η(t) = η_∞ + (η₀ − η_∞)e^{−(t − t0)/t_c}; sample(eta=dict) builds it (JSON configs)
+    eta = as_eta({"eta0": 1000.0, "eta_inf": 10.0, "t_c": 0.25, "t0": 1.0})
+    assert isinstance(eta, DecayingEta) and not eta.stateful and not eta.follows_curvature
+    assert eta(1.0) == pytest.approx(1000.0) and eta(torch.tensor(1.25)) == pytest.approx(10 + 990 / math.e)
+    assert eta(50.0) == pytest.approx(10.0) and eta.config() == {"eta0": 1000.0, "eta_inf": 10.0, "t_c": 0.25, "t0": 1.0}
+    with pytest.raises(ValueError, match="eta0, eta_inf, t_c"):
+        as_eta({"eta_max": 3.0})
+    for bad in (dict(eta0=0.0, eta_inf=1.0, t_c=1.0), dict(eta0=1.0, eta_inf=-1.0, t_c=1.0), dict(eta0=1.0, eta_inf=1.0, t_c=math.inf),
+                dict(eta0=1.0, eta_inf=1.0, t_c=1.0, t0=math.nan)):
+        with pytest.raises(ValueError, match="DecayingEta"):
+            DecayingEta(**bad)
+    res = sf.sample(sf.Gaussian(torch.zeros(1), 1.0), method="sbtm", n=30, t_final=0.04, dt=0.01, save_every=2,
+                    eta={"eta0": 8.0, "eta_inf": 2.0, "t_c": 0.02})
+    torch.testing.assert_close(res.diagnostics["eta"], torch.tensor([8.0, 2 + 6 / math.e, 2 + 6 / math.e**2], dtype=torch.float64))
+    assert res.info["eta"] == {"eta0": 8.0, "eta_inf": 2.0, "t_c": 0.02, "t0": 0.0}
