@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .errors import SamplingError
+from .paths import Constant
 
 __all__ = ["check_target_finite", "FiniteTargetGuard", "holdout_outliers", "particle_curvature", "ParticleStiffness", "CHUNK"]
 
@@ -229,7 +230,7 @@ class ParticleStiffness:
 
     def _probe_points(self, x: Tensor) -> Tensor:
         means = getattr(getattr(self.path, "target", None), "means", None)
-        constant = type(self.path).__name__ == "Constant" or not hasattr(self.path, "target")
+        constant = isinstance(self.path, Constant) or not hasattr(self.path, "target")
         if constant and isinstance(means, Tensor) and means.dim() == 2 and means.shape[1] == x.shape[1]:
             return torch.cat([x, means.to(x)])
         return x

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from resume_cases import interrupt_and_resume
 
 import sbtm_flows as sf
 from sbtm_flows.eta import ConstantEta, EtaSchedule, TimeEta, as_eta
@@ -100,10 +101,6 @@ def test_a_declared_capability_is_honoured_without_subclassing_auto_eta():
 
 def test_auto_eta_resume_is_bitwise(tmp_path):
     kw = dict(KW, t_final=0.2, save_every=2, eta="auto")
-    full = sf.sample(TARGET, **kw)
-    ck = tmp_path / "ck.pt"
-    with pytest.raises(sf.SamplingError, match="max_nfe"):
-        sf.sample(TARGET, checkpoint=ck, checkpoint_every=2, max_nfe=full.nfe // 2, **kw)
-    resumed = sf.sample(TARGET, checkpoint=ck, checkpoint_every=2, resume=True, **kw)
+    full, resumed, _ = interrupt_and_resume(TARGET, tmp_path / "ck.pt", **kw)
     assert torch.equal(resumed.particles, full.particles) and torch.equal(resumed.thetas, full.thetas)
     assert torch.equal(resumed.diagnostics["eta"], full.diagnostics["eta"])

@@ -4,7 +4,8 @@ failure, so it turns into an error (XPASS) the day it passes and the marker must
 
 Measured (seed 0, README "η and stiffness"):
 * §5.4, ``training="flow", eta="track"`` (ScaledScore), n = 4000, T = 20: stable to the end, but SBTM
-  min mode weight 0.0 and TV to annealed ULA's weights 0.283 (bound 0.06; the discrete training: 0.025).
+  min mode weight 0.0 and TV to annealed ULA's weights 0.283 (bound 0.06; the discrete training: 0.025);
+  with ``TrackingEta(ratio=200)``: min 0.0285, TV 0.171.
 * eight_schools, flow defaults (rkc, η = 5), n = 2000, T = 30: ``SamplingError`` at t = 4.57
   (ρ = 2.3·10⁶, > 200 rkc stages): a particle escapes along the τ tail (X block).
 """

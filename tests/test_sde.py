@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torchsde
+from resume_cases import interrupt_and_resume
 
 import sbtm_flows as sf
 from sbtm_flows.sde import SDE_SOLVERS, LangevinSDE, uniform_runs
@@ -110,14 +111,9 @@ def test_ula_checkpoint_resume_is_bitwise(tmp_path, path):
     else:
         target = sf.paths.Dilation(sf.Gaussian(torch.zeros(2), 1.0), t_final=1.0, lam0=0.2)
         kw = dict(init=sf.Gaussian(torch.zeros(2), 0.05), n=200, t_final=1.0, dt=0.02, save_every=7, seed=4)
-    full = sf.sample(target, method="ula", **kw)
     ck = tmp_path / "ck.pt"
-    with pytest.raises(sf.SamplingError, match="max_nfe"):
-        sf.sample(target, method="ula", checkpoint=ck, checkpoint_every=2, max_nfe=full.nfe // 2, **kw)
-    assert ck.exists()
-    k_saved = sf.checkpoint.read_checkpoint(ck)["k"]
+    full, resumed, k_saved = interrupt_and_resume(target, ck, method="ula", **kw)
     assert 0 < k_saved < len(full.times) - 1
-    resumed = sf.sample(target, method="ula", checkpoint=ck, checkpoint_every=2, resume=True, **kw)
     assert torch.equal(resumed.trajectory, full.trajectory)
     assert torch.equal(resumed.times, full.times) and resumed.nfe == full.nfe
     with pytest.raises(ValueError, match="different arguments"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from resume_cases import interrupt_and_resume
 
 import sbtm_flows as sf
 from sbtm_flows.dynamics import SBTMFlow
@@ -94,11 +95,7 @@ def test_resume_is_bitwise(tmp_path):
     target = sf.Gaussian(torch.zeros(1), torch.eye(1))
     kw = dict(method="sbtm", init=sf.Gaussian(torch.zeros(1), 0.1 * torch.eye(1)), n=100, t_final=0.3, dt=0.01,
               save_every=5, eta=TrackingEta(every=4))
-    full = sf.sample(target, **kw)
-    ck = tmp_path / "ck.pt"
-    with pytest.raises(sf.SamplingError, match="max_nfe"):
-        sf.sample(target, checkpoint=ck, checkpoint_every=1, max_nfe=full.nfe // 2, **kw)
-    resumed = sf.sample(target, checkpoint=ck, checkpoint_every=1, resume=True, **kw)
+    full, resumed, _ = interrupt_and_resume(target, tmp_path / "ck.pt", checkpoint_every=1, **kw)
     assert torch.equal(resumed.particles, full.particles) and torch.equal(resumed.thetas, full.thetas)
     assert torch.equal(resumed.diagnostics["eta"], full.diagnostics["eta"])
     assert resumed.info["eta_schedule"]["refreshes"] == full.info["eta_schedule"]["refreshes"]

@@ -5,46 +5,8 @@ literature and :data:`BENCHMARK_TARGETS`, name -> constructor).
 ``from sbtm_flows.targets import X`` works for every public name of both modules.
 """
 
-from .benchmarks import (
-    BENCHMARK_TARGETS,
-    Funnel,
-    ManyWell,
-    ParticleDoubleWell,
-    StudentTMixture,
-    dw4,
-    gmm25,
-    gmm40,
-    student_t_draws,
-    student_t_mixture,
-)
-from .core import (
-    Gaussian,
-    GaussianMixture,
-    Target,
-    autograd_laplacian,
-    autograd_score,
-    check_particles,
-    from_log_prob,
-    from_score,
-)
+from . import benchmarks, core
+from .benchmarks import *  # noqa: F403  (names listed in benchmarks.__all__)
+from .core import *  # noqa: F403  (names listed in core.__all__)
 
-__all__ = [
-    "Target",
-    "Gaussian",
-    "GaussianMixture",
-    "from_log_prob",
-    "from_score",
-    "check_particles",
-    "autograd_score",
-    "autograd_laplacian",
-    "Funnel",
-    "ManyWell",
-    "StudentTMixture",
-    "ParticleDoubleWell",
-    "gmm40",
-    "gmm25",
-    "student_t_mixture",
-    "dw4",
-    "student_t_draws",
-    "BENCHMARK_TARGETS",
-]
+__all__ = [*core.__all__, *benchmarks.__all__]

@@ -1,0 +1,135 @@
+"""Issue 10, §5.4 and eight_schools with the coupled flow: which block is stiff, and what the
+tracked η (``eta="track"``) gives.  Numbers in README "η and stiffness".
+
+Run (one at a time, OMP_NUM_THREADS=1, PYTHONPATH=.):
+  python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at every rkc refresh
+  python benchmarks/flow_blocks.py blocks8s [ETA|track]              # eight_schools, n = 2000, T = 30 (minutes to an hour)
+  python benchmarks/flow_blocks.py full54 RATIO                     # §5.4's schedule, n = 4000, T = 20 (20–25 min)
+  python benchmarks/flow_blocks.py quick54 SEED                     # quick schedule: flow (track) vs steps vs ULA
+  python benchmarks/flow_blocks.py tail8s                           # eight_schools: s-velocity of a neck particle
+ρ_X and ρ_Θ are power iterations on the X→X and Θ→Θ diagonal blocks of the right-hand side's
+Jacobian (finite differences), printed with the full ρ of rkc's estimate at each refresh.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import torch
+
+import sbtm_flows as sf
+from sbtm_flows.experiments import make_target
+from sbtm_flows.metrics import mode_weights, tv_distance
+from sbtm_flows.paths import Dilation
+from sbtm_flows.rkc import SpectralRadius
+from sbtm_flows.score import ScaledScore, ScoreMLP, fit_score
+from sbtm_flows.tracking_eta import TrackingEta
+
+
+def block_rho(func, t, y: torch.Tensor, f0: torch.Tensor, lo: int, hi: int, iters: int = 10) -> float:
+    """Spectral radius of the (lo:hi, lo:hi) block of ∂F/∂y by power iteration on finite differences."""
+    v = torch.zeros_like(y)
+    v[lo:hi] = torch.randn(hi - lo, generator=torch.Generator().manual_seed(1)).to(y)
+    delta = math.sqrt(torch.finfo(y.dtype).eps) * max(float(y.norm()), 1.0)
+    rho = float("nan")
+    for _ in range(iters):
+        v = v / v.norm()
+        d = (func(t, y + delta * v) - f0) / delta
+        w = torch.zeros_like(y)
+        w[lo:hi] = d[lo:hi]
+        rho, v = float(w.norm()), w
+    return rho
+
+
+class BlockReport(SpectralRadius):
+    """rkc's estimator that also prints ρ_X, ρ_Θ and the η schedule's state at every refresh."""
+
+    def __init__(self, x_len: int, **kw):
+        super().__init__(generator=torch.Generator().manual_seed(3), **kw)
+        self.x_len = x_len
+
+    def refresh(self, func, t, y, f0):
+        rho = super().refresh(func, t, y, f0)
+        flow = getattr(func, "base_func", func)
+        m = flow.training_length(y)
+        nd, p = self.x_len, flow.n_params
+        rx, rt = block_rho(func, t, y, f0, 0, nd), block_rho(func, t, y, f0, nd, nd + p)
+        eta = flow.eta
+        print(f"t={float(t):.4f} rho={rho:.4g} rhoX={rx:.4g} rhoTheta={rt:.4g} eta={eta(float(t)):.4g} "
+              f"lam_max={getattr(eta, 'lam', float('nan')):.4g} kappa_X={getattr(eta, 'kappa', float('nan')):.4g} "
+              f"|theta|={float(y[nd:nd + p].norm()):.3g} max|x|={float(y[:nd].abs().max()):.3g} (state {m})", flush=True)
+        return rho
+
+
+def _eta(arg: str | None, default: float):
+    return default if arg is None else ("track" if arg == "track" else float(arg))
+
+
+def blocks54(net: str, eta_arg: str | None = None) -> None:
+    path = Dilation(make_target("gmm2d"), t_final=20.0, lam0=0.1)
+    model = ScaledScore(ScoreMLP(2, generator=torch.Generator().manual_seed(0)), path.scale) if net == "scaled" else None
+    try:
+        sf.sample(path, method="sbtm", training="flow", n=1000, t_final=2.0, dt=0.01, eta=_eta(eta_arg, 10.0), score_model=model,
+                  init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=10, solver="rkc",
+                  solver_options={"spectral": BlockReport(2000)})
+    except sf.SamplingError as e:
+        print("stopped:", str(e)[:200])
+
+
+def blocks8s(eta_arg: str | None = None) -> None:
+    post = sf.posteriordb.load("eight_schools")
+    try:
+        res = sf.sample(post, method="sbtm", n=2000, t_final=30.0, eta=_eta(eta_arg, 5.0), save_every=100, solver="rkc",
+                        solver_options={"spectral": BlockReport(2000 * 10)})
+        c = post.compare(res, metric="energy")
+        print("max mean error", c["max_mean_error"], "max sd error", c["max_sd_error"], "energy ratio", c["ratio"])
+    except sf.SamplingError as e:
+        print("stopped:", str(e)[:200])
+
+
+def _weights_vs_ula(kw: dict, n: int, t_final: float, dt: float, lam0: float, seed: int, save_every: int = 20) -> None:
+    target = make_target("gmm2d")
+    path = Dilation(target, t_final=t_final, lam0=lam0)
+    common = dict(n=n, t_final=t_final, dt=dt, seed=seed, init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=save_every)
+    t0 = time.perf_counter()
+    res = sf.sample(path, method="sbtm", **common, **kw)
+    wall = time.perf_counter() - t0
+    ula = sf.sample(path, method="ula", sde_solver="euler", **common)
+    w, wu = (mode_weights(r.particles, target.means).double() for r in (res, ula))
+    uniform = torch.full((16,), 1 / 16, dtype=torch.float64)
+    print(f"{kw} seed {seed}: SBTM min {float(w.min()):.4f}, ULA min {float(wu.min()):.4f}, TV to ULA {tv_distance(w, wu):.4f}, "
+          f"TV to uniform {tv_distance(w, uniform):.4f} (ULA {tv_distance(wu, uniform):.4f}), NFE {res.nfe}, {wall:.0f} s, "
+          f"rkc {res.info.get('rkc')}, eta {res.info.get('eta_schedule')}", flush=True)
+
+
+def full54(ratio: str) -> None:
+    _weights_vs_ula(dict(training="flow", eta=TrackingEta(ratio=float(ratio))), 4000, 20.0, 0.01, 0.1, 0)
+
+
+def quick54(seed: str) -> None:
+    for kw in (dict(training="flow", eta="track"), dict(training="steps")):
+        _weights_vs_ula(kw, 400, 10.0, 0.05, 0.2, int(seed), save_every=10**9)
+
+
+def tail8s() -> None:
+    """A ScoreMLP fitted to a Gaussian cloud (s ~ N(0.5, 1)); the s-velocity of a particle at z = 0."""
+    post = sf.posteriordb.load("eight_schools")
+    x = torch.randn(2000, 10, generator=torch.Generator().manual_seed(0))
+    x[:, 8] = x[:, 8] * 3 + 4.4
+    x[:, 9] = x[:, 9] + 0.5
+    law = sf.Gaussian(x.mean(0), torch.diag(x.var(0)))
+    net = ScoreMLP(10, generator=torch.Generator().manual_seed(1))
+    fit_score(net, x, law.score(x), steps=2000, divergence="exact")
+    for s in (2.0, 4.0, 6.0, 8.0):
+        pt = torch.zeros(1, 10)
+        pt[0, 8], pt[0, 9] = 4.4, s
+        g, n = float(post.score(pt)[0, 9]), float(net(pt)[0, 9])
+        print(f"s={s}: d/ds log pi = {g:.2f}, s_theta = {n:.2f} (Gaussian: {float(law.score(pt)[0, 9]):.2f}), velocity {g - n:+.2f}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    cmd, *args = sys.argv[1:] or ["tail8s"]
+    {"blocks54": blocks54, "blocks8s": blocks8s, "full54": full54, "quick54": quick54, "tail8s": tail8s}[cmd](*args)
