@@ -48,7 +48,7 @@ def exact_f_T_52(t_final: float = 30.0) -> float:
     """P(X_T > 0) under the exact law f_T of §5.2 (1-D Fokker–Planck grid solution): 0.7360 at T = 30."""
     target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
     init = sf.Gaussian(torch.zeros(1), 1.0)
-    return sf.fokker_planck_1d(target, init.log_prob, t_final, dt=2e-3, x_max=12.0, m=2400).prob(lambda x: x > 0)
+    return sf.fokker_planck.fokker_planck_1d(target, init.log_prob, t_final, dt=2e-3, x_max=12.0, m=2400).prob(lambda x: x > 0)
 
 
 def eq41_gap(res) -> float:
