@@ -141,8 +141,7 @@ def hessian_max_eigenvalue(
 def _preconditioned(hvp, flow, y: Tensor):
     """q ↦ D^{1/2}·∇²_Θ L·D^{1/2}·q for the Θ flow's preconditioner D at state y (``hvp``
     itself when D is the identity)."""
-    precond = getattr(flow, "preconditioner", None)
-    d = precond(y) if precond is not None else None
+    d = flow.preconditioner(y)
     if d is None:
         return hvp
     root = d.sqrt()
