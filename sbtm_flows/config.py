@@ -34,7 +34,7 @@ from .stiffness import FIXED_GRID_SOLVERS
 
 __all__ = [
     "RunConfig", "SBTMConfig", "ULAConfig", "SolverOptions", "FlowTraining", "StepsTraining", "ScoreOptions", "DensityOptions",
-    "CONFIGS", "build_config", "TRAININGS", "FLOW_OPTIONS", "STEPS_OPTIONS", "FLAT_OPTIONS",
+    "CONFIGS", "OTHER_OPTIONS", "build_config", "unknown_option", "TRAININGS", "FLOW_OPTIONS", "STEPS_OPTIONS", "FLAT_OPTIONS",
 ]
 
 TRAININGS = ("flow", "steps", "auto")
@@ -515,7 +515,20 @@ def build_config(method: str, kwargs: dict, config: RunConfig | None = None) -> 
         return config
     for key in kwargs:
         if key not in cls.option_names():
-            others = sorted(m for m, c in CONFIGS.items() if key in c.option_names())
-            where = f"it is an option of method={' / '.join(repr(m) for m in others)}" if others else "no method takes it"
-            raise ValueError(f"method={method!r} has no option {key!r}; {where}")
+            raise unknown_option(method, key)
     return cls(**kwargs)
+
+
+#: method -> its option names, for the methods without a :class:`RunConfig` (``mala``, ``pis``,
+#: ``dis`` register theirs here), so an unknown option's message can name who takes it.
+OTHER_OPTIONS: dict[str, frozenset[str]] = {}
+
+
+def unknown_option(method: str, key: str, takes: str = "") -> ValueError:
+    """The error for an option ``key`` that ``method`` does not take: it names the methods that
+    take it (or says none does); ``takes`` is inserted after the option's name (e.g. what
+    the method takes instead)."""
+    options = {**{m: c.option_names() for m, c in CONFIGS.items()}, **OTHER_OPTIONS}
+    others = sorted(m for m, names in options.items() if m != method and key in names)
+    where = f"it is an option of method={' / '.join(repr(m) for m in others)}" if others else "no method takes it"
+    return ValueError(f"method={method!r} has no option {key!r}{takes}; {where}")

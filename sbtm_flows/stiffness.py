@@ -209,11 +209,15 @@ class StiffnessMonitor:
     but with spikes in F^n and a score that can be silently wrong (§5.1, heun2, η = 5: F^n 44×
     its exact value at t ≈ 0.75), so :meth:`check` raises a SamplingError (naming t, z and what to do),
     keeps the largest z seen (``max_z``, ``t_max_z``), and leaves divergence to the NaN checks.
+    Each estimate takes ``iters`` Lanczos steps from the last Ritz vector: Lanczos reads λ_max
+    from below, and two steps every 20 read a 5.1 run's z as 1.30/1.47/1.59 at t = 0.4/0.6/0.8
+    while it had crossed 2 at t = 0.5 (midpoint then returned a variance 23 % low); six read
+    1.84 at t = 0.4 and stop the run at t = 0.6.
     Every check tells the flow's η schedule the curvature
     (:meth:`~sbtm_flows.eta.EtaSchedule.observe_curvature`: an :class:`AutoEta` sets η from it).
     """
 
-    def __init__(self, flow: SBTMFlow, solver: str, limit: float, every: int = 50, iters: int = 2,
+    def __init__(self, flow: SBTMFlow, solver: str, limit: float, every: int = 50, iters: int = 6,
                  generator: torch.Generator | None = None):
         self.flow, self.solver, self.limit = flow, solver, float(limit)
         self.every, self.iters, self.generator = int(every), int(iters), generator
