@@ -12,7 +12,9 @@ A *time-conditioned* model (``model.time_conditioned = True``) is called as ``mo
 :class:`ScaledScore`, is s(x, t) = ŝ_Θ(x / c(t)) / c(t): the network ŝ works in the
 coordinates y = x / c(t) of a path that dilates space (c = λ for
 :class:`~sbtm_flows.paths.Dilation`), where f_t stays at unit scale while in x its modes
-have width ~c(t) and its score size ~1/c(t).
+have width ~c(t) and its score size ~1/c(t).  :class:`ResidualScore` is s(x, t) = ∇log π_t(x) + r_Θ(x),
+anchored to the target's score, so that SBTM's particle velocity ∇log π_t − s = −r_Θ carries no
+∇log π_t term (opt-in; README "η and stiffness" has what it does on posteriordb eight_schools).
 """
 
 from __future__ import annotations
