@@ -167,7 +167,8 @@ class ResidualScore(torch.nn.Module):
     mean(|s|² + 2∇·s) = mean(|∇log π_t + r|² + 2∇·r) + 2 mean(Δlog π_t), the last term free of
     Θ, so ∇_Θ L is that of the plain parametrisation evaluated at s; F^n = mean|∇log π_t − s|² =
     mean|r|².  ∇·s is computed by autograd through ``path.score`` (so the log-density rate
-    −∇·v = ∇·r stays exact).
+    −∇·v = ∇·r stays exact).  The flow still forms v as ∇log π_t − s, so v carries a rounding error
+    of order eps·|∇log π_t| (≈ 6·10⁻⁸|∇log π_t| in float32) where the target's score is large.
 
     Args:
         net: the residual network r ``(n, d) -> (n, d)`` (e.g. a :class:`ScoreMLP`).
