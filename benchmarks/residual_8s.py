@@ -4,6 +4,7 @@
   python benchmarks/residual_8s.py run KIND N T [ETA] # KIND plain|residual: errors vs the reference, s = log τ quantiles, rkc
   python benchmarks/residual_8s.py tail N T           # residual: the particle with the largest final s, along the run
   python benchmarks/residual_8s.py ula                 # ULA (dt = 0.03, float64, n = 2000): errors at t = 10, 20, 30
+  python benchmarks/residual_8s.py slowmode            # N((4.4, 0), diag(11, 1)) from N(0, I): the mean vs e^{-t/11}
   python benchmarks/residual_8s.py gauss51            # §5.1 (analytic f_t): variance and F^n errors, plain vs residual
 
 Flow defaults apart from n, t_final and the network (rkc, η = 5, dt = 0.01, seed 0).
@@ -94,6 +95,18 @@ def ula() -> None:
               f"energy ratio {c['ratio']:.2f}")
 
 
+def slowmode() -> None:
+    """A Gaussian with eight_schools' μ scale: the flow's mean against the exact 4.4 + (m₀ − 4.4)e^{−t/11}."""
+    target = sf.Gaussian(torch.tensor([4.4, 0.0]), torch.diag(torch.tensor([11.0, 1.0])))
+    for kind in ("plain", "residual"):
+        model = network(kind, target, 2)
+        res = sf.sample(target, n=1000, t_final=30.0, save_every=500, seed=0, **({} if model is None else {"score_model": model}))
+        m0 = float(res.trajectory[0][:, 0].mean())
+        rows = [(float(t), round(float(x[:, 0].mean()), 3), round(4.4 + (m0 - 4.4) * math.exp(-float(t) / 11), 3))
+                for t, x in zip(res.times[1:], res.trajectory[1:])]
+        print(f"{kind}: (t, mean, exact) {rows}, NFE {res.nfe}")
+
+
 def gauss51() -> None:
     target = sf.Gaussian(torch.zeros(1), torch.eye(1))
     init = sf.Gaussian(torch.zeros(1), (1 - math.exp(-0.2)) * torch.eye(1))
@@ -112,4 +125,4 @@ def gauss51() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, *args = sys.argv[1:] or ["gauss51"]
-    {"run": run, "tail": tail, "ula": ula, "gauss51": gauss51}[cmd](*args)
+    {"run": run, "tail": tail, "ula": ula, "slowmode": slowmode, "gauss51": gauss51}[cmd](*args)
