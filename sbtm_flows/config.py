@@ -406,6 +406,11 @@ class SBTMConfig(RunConfig):
         self.batch = check_batch(self.batch)
         check_positive("chunk", self.chunk, integer=True, allow_none=True)
         check_positive("diagnostics_sample", self.diagnostics_sample, integer=True, allow_none=True)
+        if self.solver.method == "scipy_solver":  # a torchdiffeq method, but not one sample() runs
+            raise ValueError("solver='scipy_solver' is not supported by sample(): torchdiffeq's wrapper of "
+                             "scipy.integrate.solve_ivp copies the state to numpy at every call, takes its method as "
+                             "options={'solver': ...} and reports no step-size failures to the run loop; use dopri5 "
+                             f"(adaptive) or rkc (stiff), or another torchdiffeq method: {', '.join(sorted(SOLVERS))}")
         if self.solver.method is not None and self.solver.method not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver.method!r}; valid torchdiffeq methods: {', '.join(sorted(SOLVERS))}")
         if self.training not in TRAININGS:

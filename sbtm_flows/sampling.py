@@ -511,9 +511,11 @@ def odeint_chunk(func, y: Tensor, ts: Tensor, solver: str, rtol: float, atol: fl
         msg = str(e)
         t0, t1 = float(ts[0]), float(ts[-1])
         if "underflow" in msg:
+            # float32: dopri8 on §5.1 (η = 5, n = 500) underflows at t = 0.27 whatever rtol, and runs in float64
+            single = ", or run in dtype=torch.float64" if y.dtype == torch.float32 else ""
             raise SamplingError(
                 f"adaptive solver {solver!r}: step size underflow between t={t0:.6g} and t={t1:.6g} ({msg}); "
-                "the system is stiff or has blown up: lower eta, loosen rtol/atol, or check the target",
+                f"the system is stiff or has blown up: lower eta, loosen rtol/atol, or check the target{single}",
                 t=t0,
             ) from e
         if "max_num_steps" in msg:
