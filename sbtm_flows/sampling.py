@@ -37,7 +37,7 @@ from .loop import Recorder, grid_index, make_generator, output_grid, prepare_run
 from .paths import Path, as_path
 from .result import Result
 from .rkc import SpectralRadius
-from .score import ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
+from .score import ResidualScore, ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
 from .stiffness import FIXED_GRID_SOLVERS, SOLVER_FACTS, StiffnessMonitor, eta_limit, prerun_check
 from .targets import check_particles
 
@@ -609,6 +609,8 @@ def _score_config(model, times: Tensor) -> dict | None:
     if not hasattr(model, "config"):
         return None
     cfg = model.config()
+    if isinstance(model, ResidualScore):
+        return cfg if cfg.get("net") is not None else None
     if isinstance(model, ScaledScore):
         if cfg.get("net") is None:
             return None
