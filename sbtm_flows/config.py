@@ -147,7 +147,7 @@ class FlowTraining:
 def theta_flow_defaults(flow: FlowTraining) -> FlowTraining:
     """``flow`` with ``theta_flow`` checked (default ``"gd"``) and η defaulted to the Θ dynamics'
     own (:data:`~sbtm_flows.theta_flow.DEFAULT_ETA`: a rate per unit curvature for ``"gd"``, a
-    parameter speed for ``"rmsprop"``).
+    parameter speed for ``"rmsprop"``, ``"track"`` for ``"diag"``).
 
     Raises:
         ValueError: an unknown ``theta_flow``, or a preconditioned one with the NTK tools
@@ -273,8 +273,10 @@ class SBTMConfig(RunConfig):
             :meth:`resolved`).
         theta_flow: the Θ dynamics of the flow (:mod:`sbtm_flows.theta_flow`): ``"gd"`` (default,
             dΘ/dt = −η∇_ΘL), ``"rmsprop"`` (dΘ/dt = −η∇_ΘL/√(v + ε²) with the running second
-            moment v of the gradient in the ODE state, per parameter tensor) or a
-            ``GradientFlow`` / ``RMSpropFlow`` instance (τ, ε, per tensor or per parameter).
+            moment v of the gradient in the ODE state, per parameter tensor), ``"diag"``
+            (dΘ/dt = −η·D·∇_ΘL, D the inverse Gauss–Newton diagonal refreshed every 10 steps;
+            default η ``"track"``; :mod:`sbtm_flows.diag_flow`) or a ``GradientFlow`` /
+            ``RMSpropFlow`` / ``DiagGNFlow`` instance (τ, ε, per tensor or per parameter; power, δ).
         eta: η of the flow: a number (default 5 for ``"gd"``, ``DEFAULT_ETA["rmsprop"]`` for ``"rmsprop"``), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.stiffness.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
