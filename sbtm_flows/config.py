@@ -34,7 +34,7 @@ from .stiffness import FIXED_GRID_SOLVERS
 
 __all__ = [
     "RunConfig", "SBTMConfig", "ULAConfig", "SolverOptions", "FlowTraining", "StepsTraining", "ScoreOptions", "DensityOptions",
-    "CONFIGS", "build_config", "TRAININGS", "FLOW_OPTIONS", "STEPS_OPTIONS", "FLAT_OPTIONS",
+    "CONFIGS", "OTHER_OPTIONS", "build_config", "unknown_option", "TRAININGS", "FLOW_OPTIONS", "STEPS_OPTIONS", "FLAT_OPTIONS",
 ]
 
 TRAININGS = ("flow", "steps", "auto")
@@ -408,6 +408,11 @@ class SBTMConfig(RunConfig):
         self.batch = check_batch(self.batch)
         check_positive("chunk", self.chunk, integer=True, allow_none=True)
         check_positive("diagnostics_sample", self.diagnostics_sample, integer=True, allow_none=True)
+        if self.solver.method == "scipy_solver":  # a torchdiffeq method, but not one sample() runs
+            raise ValueError("solver='scipy_solver' is not supported by sample(): torchdiffeq's wrapper of "
+                             "scipy.integrate.solve_ivp copies the state to numpy at every call, takes its method as "
+                             "options={'solver': ...} and reports no step-size failures to the run loop; use dopri5 "
+                             f"(adaptive) or rkc (stiff), or another torchdiffeq method: {', '.join(sorted(SOLVERS))}")
         if self.solver.method is not None and self.solver.method not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver.method!r}; valid torchdiffeq methods: {', '.join(sorted(SOLVERS))}")
         if self.training not in TRAININGS:
@@ -517,7 +522,20 @@ def build_config(method: str, kwargs: dict, config: RunConfig | None = None) -> 
         return config
     for key in kwargs:
         if key not in cls.option_names():
-            others = sorted(m for m, c in CONFIGS.items() if key in c.option_names())
-            where = f"it is an option of method={' / '.join(repr(m) for m in others)}" if others else "no method takes it"
-            raise ValueError(f"method={method!r} has no option {key!r}; {where}")
+            raise unknown_option(method, key)
     return cls(**kwargs)
+
+
+#: method -> its option names, for the methods without a :class:`RunConfig` (``mala``, ``pis``,
+#: ``dis`` register theirs here), so an unknown option's message can name who takes it.
+OTHER_OPTIONS: dict[str, frozenset[str]] = {}
+
+
+def unknown_option(method: str, key: str, takes: str = "") -> ValueError:
+    """The error for an option ``key`` that ``method`` does not take: it names the methods that
+    take it (or says none does); ``takes`` is inserted after the option's name (e.g. what
+    the method takes instead)."""
+    options = {**{m: c.option_names() for m, c in CONFIGS.items()}, **OTHER_OPTIONS}
+    others = sorted(m for m, names in options.items() if m != method and key in names)
+    where = f"it is an option of method={' / '.join(repr(m) for m in others)}" if others else "no method takes it"
+    return ValueError(f"method={method!r} has no option {key!r}{takes}; {where}")

@@ -322,9 +322,14 @@ class _Base(torch.nn.Module):
         discrete training keeps Θ in the network)."""
         return None
 
+    def aux(self, y: Tensor) -> Tensor:
+        """The Θ dynamics' auxiliary state ``(A,)`` as a view of y (empty when it has none, as here)."""
+        return y[:0]
+
     def aux_block(self, y: Tensor) -> Tensor | None:
-        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` when it has none."""
-        return None
+        """:meth:`aux`, or ``None`` when it is empty (the form :meth:`blocks` reports)."""
+        a = self.aux(y)
+        return a if a.numel() else None
 
     def blocks(self, y: Tensor) -> dict[str, Tensor | None]:
         """The blocks of a state as views: ``x (n, d)`` (training particles), ``theta (P,)``,
@@ -505,10 +510,6 @@ class SBTMFlow(_Base):
         """A ``(n_aux,)``, the Θ dynamics' auxiliary state (a view; empty for ``"gd"``)."""
         start = self.n_particles(y) * self.dim + self.n_params
         return y[start : start + self.n_aux]
-
-    def aux_block(self, y: Tensor) -> Tensor | None:
-        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` for ``"gd"`` (none)."""
-        return self.aux(y) if self.n_aux else None
 
     def refresh_aux(self, y: Tensor, t: float | Tensor) -> Tensor:
         """The state y ``(len,)`` with A re-estimated from its (X, Θ) at time t, for a Θ dynamics

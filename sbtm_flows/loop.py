@@ -43,6 +43,7 @@ from .targets import Gaussian, Target, check_particles
 
 __all__ = [
     "Sampler", "Observer", "Recorder", "run", "prepare_run", "make_generator", "output_grid", "config_of", "splitmix64",
+    "check_step_count", "MAX_STEPS",
 ]
 
 
@@ -366,6 +367,23 @@ def check_positive(name: str, v, integer: bool = False, allow_none: bool = False
         raise ValueError(f"{name} must be {kind}, got {v!r}")
 
 
+#: The most time steps a run may take: a dt that small (≥ 10⁷ steps) is a typo or an underflow,
+#: and the grid alone would take ≥ 80 MB (at 10¹² steps torch fails allocating 8 TB).
+MAX_STEPS = 10**7
+
+
+def check_step_count(t0: float, t_final: float, dt: float) -> None:
+    """Raise ValueError unless the grid t0, t0 + dt, …, t_final has at most :data:`MAX_STEPS`
+    steps and a step of ``dt`` moves t at t0 and at t_final in float64 (t + dt ≠ t)."""
+    steps = (t_final - t0) / dt
+    if steps > MAX_STEPS:
+        raise ValueError(f"dt={dt!r} gives {steps:.3g} steps over [{t0:g}, {t_final:g}] (more than {MAX_STEPS:.0e}): "
+                         "dt is too small for this interval (a typo or an underflow?); raise dt or shorten [t0, t_final]")
+    for t in (t0, t_final):
+        if t + dt == t:
+            raise ValueError(f"dt={dt!r} underflows at t={t:g} (t + dt == t in float64); raise dt or shift t0 toward 0")
+
+
 def moved(obj, dtype, device):
     """A copy of a target/path module on (dtype, device); other objects unchanged."""
     if isinstance(obj, torch.nn.Module):
@@ -448,6 +466,7 @@ def prepare_run(target, init, n, t0: float, t_final: float, dt: float, save_ever
         raise ValueError(f"dt must be > 0, got {dt}")
     if not t_final > t0:
         raise ValueError(f"t_final must be > t0, got t_final={t_final}, t0={t0}")
+    check_step_count(t0, t_final, dt)
     check_positive("save_every", save_every, integer=True)
     dtype = resolve_dtype(dtype)
     device = resolve_device(device)

@@ -34,6 +34,7 @@ state, so a checkpointed run resumes bitwise.  :func:`run_mala` is ``sf.sample(.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import Checkpoint, check_resume, target_fingerprint
+from .config import OTHER_OPTIONS, unknown_option
 from .errors import SamplingError
 from .loop import config_of, prepare_run, run
 from .paths import Constant, as_path
@@ -286,12 +288,7 @@ def run_mala(
         ValueError: bad arguments; SamplingError: chains or log π became NaN/inf.
     """
     if unknown:
-        from .config import CONFIGS
-
-        key = sorted(unknown)[0]
-        others = sorted(m for m, c in CONFIGS.items() if key in c.option_names())
-        where = f"it is an option of method={' / '.join(repr(m) for m in others)}" if others else "no method takes it"
-        raise ValueError(f"method='mala' has no option {key!r} (MALA takes steps, warmup, step_size, target_accept); {where}")
+        raise unknown_option("mala", sorted(unknown)[0], " (MALA takes steps, warmup, step_size, target_accept)")
     args = dict(locals())
     args.pop("target")
     args.pop("unknown")
@@ -310,3 +307,4 @@ def run_mala(
 
 
 METHODS["mala"] = run_mala
+OTHER_OPTIONS["mala"] = frozenset(inspect.signature(run_mala).parameters) - {"target", "unknown"}

@@ -40,6 +40,7 @@ from .eta import EtaSchedule
 from .losses import implicit_score_matching
 from .paths import time_float as _tfloat
 from .score import flatten_params, functional_score, unflatten_params
+from .stiffness import stable_eta
 
 __all__ = [
     "ntk_jacobian",
@@ -448,8 +449,11 @@ class NTKEta(EtaSchedule):
             increase the loss, and the network should still train.
         ceiling: largest η; ``None`` lets :func:`~sbtm_flows.sampling.sample` set it to
             :func:`stability_ceiling` (0.8 · c / (λ_max(∇²_Θ L)·dt), c the solver's stability
-            limit, 2 for adaptive ones), so the stiffness check can never refuse the run.
-            Direct users of :class:`SBTMFlow` must set it.
+            limit, 2 for adaptive ones), so the stiffness check can never refuse the run; with a
+            fixed-step solver that ceiling then falls as the λ_max the stiffness monitor tracks
+            grows (:meth:`observe_curvature`): λ_max grows along a run (§5.1 at η = "ntk", heun2:
+            23 → 29 by t = 0.2, past the start's 0.8 margin).  Direct users of :class:`SBTMFlow`
+            must set it.
         bound: ``"exact"`` (default) — the threshold is ``EtaCondition.eta_exact``, the
             theorem's bound with λ_min replaced by the NTK's Rayleigh quotient at the actual
             residual (no eigenproblem; one extra double-backward per RHS evaluation);
@@ -473,6 +477,7 @@ class NTKEta(EtaSchedule):
             raise ValueError(f"unknown bound {bound!r}; valid: exact, theorem")
         self.safety, self.floor, self.ceiling = float(safety), float(floor), ceiling
         self.bound, self.reference_score = bound, reference_score
+        self.auto_ceiling = False  # True once the sampler has set the ceiling: it then follows λ_max
 
     def threshold(self, t: float | Tensor, x: Tensor, theta: Tensor, flow: SBTMFlow) -> float:
         """The unclipped threshold at the state (``eta_exact`` or the theorem's ``bound``)."""
@@ -502,17 +507,26 @@ class NTKEta(EtaSchedule):
         return self.ceiling is None
 
     def set_ceiling(self, value: float) -> None:
-        """η ≤ ``value`` from now on."""
+        """η ≤ ``value`` from now on (the sampler's stability ceiling: it follows λ_max after this)."""
         self.ceiling = value
+        self.auto_ceiling = True
+
+    def observe_curvature(self, lam: float, limit: float, h: float) -> None:
+        """A sampler-set ceiling falls to 0.8·c/(λ_max·h) when the λ_max the monitor now reads asks
+        for less (the formula of :func:`~sbtm_flows.stiffness.stability_ceiling`; it never rises
+        above the start's); a user's ceiling stays."""
+        if self.auto_ceiling:
+            self.ceiling = max(min(self.ceiling, stable_eta(lam, h, limit, 0.8)), self.floor)
 
     def state_dict(self) -> dict:
-        """``{"ceiling": the ceiling in force}``."""
-        return {"ceiling": self.ceiling}
+        """``{"ceiling": the ceiling in force, "auto_ceiling": whether it follows λ_max}``."""
+        return {"ceiling": self.ceiling, "auto_ceiling": self.auto_ceiling}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict` (a missing or ``None`` ceiling leaves it as it is)."""
         if state.get("ceiling") is not None:
             self.ceiling = state["ceiling"]
+        self.auto_ceiling = bool(state.get("auto_ceiling", self.auto_ceiling))
 
     def __repr__(self) -> str:
         return (f"NTKEta(safety={self.safety:g}, floor={self.floor:g}, ceiling={self.ceiling}, bound={self.bound!r}, "

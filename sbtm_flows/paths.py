@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .targets import Target, autograd_laplacian, from_score
+from .targets import Target, autograd_laplacian, from_log_prob, from_score
 
 __all__ = ["Path", "Constant", "Geometric", "Dilation", "SCHEDULES", "make_schedule", "as_path", "uniform_grid"]
 
@@ -164,6 +164,9 @@ def as_path(obj) -> Path:
     dim = getattr(obj, "dim", None)
     if not isinstance(dim, int):
         raise ValueError("a user target must have an int attribute `dim`")
+    log_prob = getattr(obj, "log_prob", None)
+    if callable(log_prob):  # a duck-typed Target: keep its log-density (MALA, log Z, the guards use it)
+        return Constant(from_log_prob(log_prob, dim, score=score))
     return Constant(from_score(score, dim))
 
 

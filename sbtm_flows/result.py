@@ -106,23 +106,30 @@ class Result:
         """Dimension d."""
         return self.particles.shape[1]
 
-    def score_model(self, k: int = -1) -> torch.nn.Module:
+    def score_model(self, k: int = -1, target=None) -> torch.nn.Module:
         """The score network s_Θ at output index ``k`` (default: the last), as a module
         x ↦ s(x) ``(n, d) -> (n, d)`` at that output time (for a :class:`ScaledScore` run, the
-        network with its scale c(t_k) fixed).
+        network with its scale c(t_k) fixed; for a :class:`ResidualScore` run, s = ∇log π + r_Θ
+        anchored to ``target``, which such a run needs: the result does not store the target).
 
         Raises:
-            ValueError: for a run without a score network (e.g. ULA).
+            ValueError: for a run without a score network (e.g. ULA), or a ResidualScore run
+                without ``target``.
         """
         if self.thetas is None:
             raise ValueError(f"a {self.method!r} run has no score network")
         if self.score_config is None:
             raise ValueError("this run's score network has no config() to rebuild it from: build the same network and "
                              "load result.thetas[k] into it with sf.score.unflatten_params(model, result.thetas[k])")
-        from .score import ScaledScore, ScoreMLP, unflatten_params
+        from .score import ResidualScore, ScaledScore, ScoreMLP, unflatten_params
 
         cfg = self.score_config
-        if "net" in cfg:
+        if cfg.get("residual"):
+            if target is None:
+                raise ValueError("this run's network is a ResidualScore s = ∇log π + r_Θ: pass the run's target, "
+                                 "result.score_model(k, target=target)")
+            model = ResidualScore(ScoreMLP(**cfg["net"], dtype=self.thetas.dtype), target).to(self.thetas.device)
+        elif "net" in cfg:
             net = ScoreMLP(**cfg["net"], dtype=self.thetas.dtype)
             model = ScaledScore(net, cfg["scales"][k]).to(self.thetas.device)
         else:

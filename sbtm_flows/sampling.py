@@ -37,7 +37,7 @@ from .loop import Recorder, grid_index, make_generator, output_grid, prepare_run
 from .paths import Path, as_path
 from .result import Result
 from .rkc import SpectralRadius
-from .score import ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
+from .score import ResidualScore, ScaledScore, ScoreMLP, at_time, fit_score, flatten_params
 from .stiffness import FIXED_GRID_SOLVERS, SOLVER_FACTS, StiffnessMonitor, eta_limit, prerun_check
 from .targets import check_particles
 
@@ -529,9 +529,11 @@ def odeint_chunk(func, y: Tensor, ts: Tensor, solver: str, rtol: float, atol: fl
         msg = str(e)
         t0, t1 = float(ts[0]), float(ts[-1])
         if "underflow" in msg:
+            # float32: dopri8 on §5.1 (η = 5, n = 500) underflows at t = 0.27 whatever rtol, and runs in float64
+            single = ", or run in dtype=torch.float64" if y.dtype == torch.float32 else ""
             raise SamplingError(
                 f"adaptive solver {solver!r}: step size underflow between t={t0:.6g} and t={t1:.6g} ({msg}); "
-                "the system is stiff or has blown up: lower eta, loosen rtol/atol, or check the target",
+                f"the system is stiff or has blown up: lower eta, loosen rtol/atol, or check the target{single}",
                 t=t0,
             ) from e
         if "max_num_steps" in msg:
@@ -625,6 +627,8 @@ def _score_config(model, times: Tensor) -> dict | None:
     if not hasattr(model, "config"):
         return None
     cfg = model.config()
+    if isinstance(model, ResidualScore):
+        return cfg if cfg.get("net") is not None else None
     if isinstance(model, ScaledScore):
         if cfg.get("net") is None:
             return None

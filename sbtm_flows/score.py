@@ -25,10 +25,12 @@ import torch
 from torch import Tensor
 
 from .losses import explicit_score_matching, implicit_score_matching
+from .paths import Constant, as_path
 
 __all__ = [
     "ScoreMLP",
     "ScaledScore",
+    "ResidualScore",
     "at_time",
     "functional_score",
     "ACTIVATIONS",
@@ -150,6 +152,63 @@ class ScaledScore(torch.nn.Module):
     def config(self) -> dict:
         """The network's constructor arguments (the scale is a function of the path)."""
         return {"net": self.net.config() if hasattr(self.net, "config") else None}
+
+
+class ResidualScore(torch.nn.Module):
+    r"""s(x, t) = ∇log π_t(x) + r_Θ(x), ``(n, d) -> (n, d)``: a network anchored to the target's score.
+
+    The particle velocity of SBTM is then v = ∇log π_t − s = −r_Θ: it carries no ∇log π_t term,
+    so the stiffness of the target's curvature (e.g. the neck of a funnel, where ∇²log π grows
+    without bound) enters the particle block only through the smooth network r_Θ, and far from
+    the particles −r_Θ extrapolates the mismatch ∇log π_t − ∇log f_t (≈ 0 near equilibrium)
+    instead of a Gaussian cloud's score.  The implicit loss is the same function of s:
+    mean(|s|² + 2∇·s) = mean(|∇log π_t + r|² + 2∇·r) + 2 mean(Δlog π_t), the last term free of
+    Θ, so ∇_Θ L is that of the plain parametrisation evaluated at s; F^n = mean|∇log π_t − s|² =
+    mean|r|².  ∇·s is computed by autograd through ``path.score`` (so the log-density rate
+    −∇·v = ∇·r stays exact).
+
+    Args:
+        net: the residual network r ``(n, d) -> (n, d)`` (e.g. a :class:`ScoreMLP`).
+        target: the target or annealing path whose score anchors s (a Target, a Path, or any
+            object :func:`~sbtm_flows.paths.as_path` accepts); not a submodule (its buffers are
+            not part of the network's state).
+    """
+
+    time_conditioned = True
+
+    def __init__(self, net: torch.nn.Module, target):
+        super().__init__()
+        if not isinstance(net, torch.nn.Module):
+            raise ValueError(f"ResidualScore: net must be a torch.nn.Module mapping (n, d) -> (n, d), got {type(net).__name__}")
+        try:
+            path = as_path(target)
+        except ValueError as e:
+            raise ValueError(f"ResidualScore: target must be a Target or a Path with score(x[, t]): {e}") from e
+        dim = getattr(net, "dim", path.dim)
+        if dim != path.dim:
+            raise ValueError(f"ResidualScore: the network has dimension {dim}, the target {path.dim}")
+        self.net = net
+        object.__setattr__(self, "anchor", path)  # a plain attribute, not a submodule
+
+    @property
+    def dim(self) -> int:
+        """d."""
+        return self.anchor.dim
+
+    def residual(self, x: Tensor) -> Tensor:
+        """r_Θ(x) = s(x, t) − ∇log π_t(x), ``(n, d) -> (n, d)``."""
+        return self.net(x)
+
+    def forward(self, x: Tensor, t: float | Tensor | None = None) -> Tensor:
+        if t is None:
+            if not isinstance(self.anchor, Constant):
+                raise ValueError("ResidualScore on an annealing path needs t: call model(x, t)")
+            t = 0.0
+        return self.anchor.score(x, t).to(x.dtype) + self.net(x)
+
+    def config(self) -> dict:
+        """The network's constructor arguments (the anchor is the run's target)."""
+        return {"net": self.net.config() if hasattr(self.net, "config") else None, "residual": True}
 
 
 def functional_score(model: torch.nn.Module, params: dict[str, Tensor], x: Tensor, t: float | Tensor | None = None) -> Tensor:

@@ -25,7 +25,7 @@ def test_as_eta_converts_once_and_declares_capabilities():
     assert isinstance(auto, AutoEta) and auto.follows_curvature and not auto.stateful
     assert isinstance(ntk, NTKEta) and ntk.stateful and ntk.wants_ceiling
     ntk.set_ceiling(7.0)
-    assert not ntk.wants_ceiling and ntk(0.0) == 7.0 and ntk.state_dict() == {"ceiling": 7.0}
+    assert not ntk.wants_ceiling and ntk(0.0) == 7.0 and ntk.state_dict() == {"ceiling": 7.0, "auto_ceiling": True}
     assert as_eta(ntk) is ntk and as_eta(auto) is auto
     with pytest.raises(ValueError, match="takes no ceiling"):
         c.set_ceiling(1.0)

@@ -238,8 +238,9 @@ def test_sample_records_ntk_diagnostics_and_runs_eta_ntk():
 
 def test_eta_ntk_matches_best_constant_eta_on_5_1():
     """Paper 5.1, n = 1000, heun2, dt = 0.01, t = 0.5: eta="ntk" (implicit loss) and NTKEta
-    with the exact score as reference reach the accuracy of the best η of {2, 5, 8}
-    (8 is the largest the stiffness check allows: 8.65)."""
+    with the exact score as reference reach the accuracy of the best η of {2, 3.5, 5}
+    (the pre-run check allows up to 8.65, but η = 8 crosses η·λ_max·dt = 2 at t = 0.2 and the
+    stiffness monitor stops it)."""
     target, init = _gauss51()
     ve = 1 - math.exp(-2 * 0.6)
     fe = (1 - ve) ** 2 / ve
@@ -248,7 +249,7 @@ def test_eta_ntk_matches_best_constant_eta_on_5_1():
         r = sf.sample(target, init=init, n=1000, t_final=0.5, dt=0.01, solver="heun2", seed=0, eta=eta)
         return abs(float(r.particles.var()) / ve - 1), abs(float(r.diagnostics["fisher"][-1]) / fe - 1), r
 
-    sweep = {e: errors(e) for e in (2.0, 5.0, 8.0)}
+    sweep = {e: errors(e) for e in (2.0, 3.5, 5.0)}
     best = min(sweep, key=lambda e: sweep[e][0])
     assert sweep[best][0] < 0.03 and sweep[best][1] < 0.15
     for eta in ("ntk", ntk.NTKEta(reference_score=ref_score)):

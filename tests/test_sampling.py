@@ -29,7 +29,9 @@ def kl_gauss(v):
 
 @pytest.fixture(scope="module", params=["flow", "steps"])
 def run_51(request):
-    return sf.sample(TARGET_51, method="sbtm", init=INIT_51, n=1000, t_final=2.0, dt=0.01, solver="heun2",
+    # the default solvers: rkc for the flow (heun2 at η = 5 crosses η·λ_max·dt = 2 at t ≈ 0.5 and
+    # is stopped by the stiffness monitor), heun2 for the steps
+    return sf.sample(TARGET_51, method="sbtm", init=INIT_51, n=1000, t_final=2.0, dt=0.01,
                      training=request.param, seed=0)
 
 
@@ -46,7 +48,8 @@ def test_paper_51_variance_fisher_and_kl(run_51):
     dkl = kl_gauss(v_exact(0.0)) - kl_gauss(v_exact(2.0))
     assert abs(float(res.diagnostics["kl_decrease"][-1]) / dkl - 1) < 0.10
     assert res.info["init_fit"]["relative_error"] < 0.02
-    assert res.nfe == 400  # heun2: 2 evaluations per step, 200 steps
+    if res.info["solver"] == "heun2":
+        assert res.nfe == 400  # heun2: 2 evaluations per step, 200 steps
 
 
 def _moments_exact(m, C, mu0, S0, ts):
@@ -79,7 +82,7 @@ def test_2d_correlated_gaussian_moments():
 
 
 def test_heun_and_dopri5_agree(capsys):
-    kw = dict(init=INIT_51, n=1000, t_final=2.0, dt=0.01, seed=0)
+    kw = dict(init=INIT_51, n=1000, t_final=2.0, dt=0.01, seed=0, eta=3.0)  # η·λ_max·dt ≤ 1.5: heun2 stays stable
     heun = sf.sample(TARGET_51, solver="heun2", **kw)
     dopri = sf.sample(TARGET_51, solver="dopri5", rtol=1e-5, atol=1e-6, save_every=50, **kw)
     print(f"NFE heun2 {heun.nfe}, dopri5 {dopri.nfe}")
@@ -138,7 +141,7 @@ def test_direct_torchdiffeq_equals_sample():
 def test_stop_fisher_stops_early():
     for solver in ("heun2", "dopri5"):
         res = sf.sample(TARGET_51, init=INIT_51, n=500, t_final=3.0, dt=0.01, solver=solver, save_every=10,
-                        stop_fisher=0.05, seed=0)
+                        stop_fisher=0.05, seed=0, eta=3.0)  # heun2-stable η (see test_heun_and_dopri5_agree)
         assert res.times[-1] < 3.0
         assert float(res.diagnostics["fisher"][-1]) < 0.05 <= float(res.diagnostics["fisher"][-2])
         assert "stop_fisher" in res.info["stopped"]

@@ -2,13 +2,15 @@ r"""``sample(target, method="pis" | "dis", ...)``: train a learned diffusion and
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
 from torch import Tensor
 
 from ..checkpoint import Checkpoint, check_resume, target_fingerprint
-from ..loop import config_of, make_generator, resolve_device, resolve_dtype, run
+from ..config import OTHER_OPTIONS, unknown_option
+from ..loop import check_positive, check_step_count, config_of, make_generator, resolve_device, resolve_dtype, run
 from ..paths import as_path
 from ..result import Result
 from ..sampling import METHODS
@@ -31,7 +33,7 @@ def output_iterations(iterations: int, save_every: int | None, times=None) -> Te
     return t if t[-1] == iterations else torch.cat([t, torch.tensor([float(iterations)], dtype=torch.float64)])
 
 
-def _check_args(target, loss: str, iterations, n, batch_size, lr, dt, t_final) -> None:
+def _check_args(target, loss: str, iterations, n, batch_size, lr, dt, t_final, save_every) -> None:
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
     for name, v, integer in (("iterations", iterations, True), ("n", n, True), ("batch_size", batch_size, True),
@@ -39,6 +41,8 @@ def _check_args(target, loss: str, iterations, n, batch_size, lr, dt, t_final) -
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v > 0 and v != float("inf")
         if not ok or (integer and int(v) != v):
             raise ValueError(f"{name} must be a positive {'integer' if integer else 'finite number'}, got {v!r}")
+    check_positive("save_every", save_every, integer=True, allow_none=True)
+    check_step_count(0.0, t_final, dt)
     if n < 2 or batch_size < 2:
         raise ValueError(f"n and batch_size must be >= 2 (log-weights need a batch), got n={n}, batch_size={batch_size}")
     if not callable(getattr(target, "log_prob", None)) or not getattr(target, "has_log_prob", True):
@@ -85,7 +89,7 @@ def run_learned(
     """
     args = dict(locals())
     args.pop("target")
-    _check_args(target, loss, iterations, n, batch_size, lr, dt, t_final)
+    _check_args(target, loss, iterations, n, batch_size, lr, dt, t_final, save_every)
     check_resume(resume)
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     cfg = LearnedConfig(method, loss, float(t_final), float(dt), int(batch_size), float(lr), tuple(hidden), activation,
@@ -103,15 +107,35 @@ def run_learned(
                info={"loss": loss, "steps": cfg.steps, "reference": sampler.reference.config()})
 
 
+#: run_learned's options (``sample(..., method="pis" | "dis", **options)``).
+LEARNED_OPTIONS = frozenset(inspect.signature(run_learned).parameters) - {"target", "method"}
+_STARTS = " (PIS and DIS start from their reference's initial law: PIS X₀ = 0 or N(0, init_std²), DIS N(0, scale²))"
+
+
+def _learned(target, method: str, kwargs: dict) -> Result:
+    """run_learned with ``method``, an unknown keyword refused naming the methods that take it."""
+    for key in sorted(kwargs):
+        if key not in LEARNED_OPTIONS:
+            raise unknown_option(method, key, _STARTS if key == "init" else "")
+    return run_learned(target, method=method, **kwargs)
+
+
 def run_pis(target, **kwargs) -> Result:
-    """:func:`run_learned` with ``method="pis"`` (path integral sampler, Brownian reference)."""
-    return run_learned(target, method="pis", **kwargs)
+    """:func:`run_learned` with ``method="pis"`` (path integral sampler, Brownian reference).
+
+    Raises:
+        ValueError: an option run_learned does not take (named with the methods that take it)."""
+    return _learned(target, "pis", kwargs)
 
 
 def run_dis(target, **kwargs) -> Result:
-    """:func:`run_learned` with ``method="dis"`` (time-reversed diffusion sampler, OU reference)."""
-    return run_learned(target, method="dis", **kwargs)
+    """:func:`run_learned` with ``method="dis"`` (time-reversed diffusion sampler, OU reference).
+
+    Raises:
+        ValueError: an option run_learned does not take (named with the methods that take it)."""
+    return _learned(target, "dis", kwargs)
 
 
 METHODS["pis"] = run_pis
 METHODS["dis"] = run_dis
+OTHER_OPTIONS["pis"] = OTHER_OPTIONS["dis"] = LEARNED_OPTIONS

@@ -88,6 +88,17 @@ class GridBrownian(torchsde.BaseBrownian):
         return "none"
 
 
+def _check_target_score(grad: Tensor, x: Tensor, t) -> None:
+    """Raise SamplingError if ∇log π̃ ``grad (n, d)`` is NaN/inf at a finite point of ``x (n, d)``
+    (the target's fault, not the control's: the path would turn NaN at the next step)."""
+    bad = torch.isfinite(x).all(-1) & ~torch.isfinite(grad).all(-1)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise SamplingError(f"the target's score ∇log π̃ is NaN/inf at {int(bad.sum())} of {x.shape[0]} path points at "
+                            f"t={float(t):.4g} (e.g. x={x[i].tolist()}): make the target finite wherever the paths can "
+                            "go (or pass use_score=False)", t=float(t))
+
+
 class ControlledSDE(torch.nn.Module):
     r"""dX = (μ + σ v) dt + σ dW augmented with R, S (module docstring) as a torchsde SDE.
 
@@ -126,6 +137,7 @@ class ControlledSDE(torch.nn.Module):
         if self.use_score:
             grad = self.target.score(x)
             self.score_evals += x.shape[0]
+            _check_target_score(grad, x, t)
         u = self.control(x, t, grad) if self.use_score else self.control(x, t)
         self.nfe += 1
         v = u.detach() if self.detached else u

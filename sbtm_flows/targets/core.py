@@ -315,14 +315,18 @@ class _FunctionTarget(Target):
         return f"{self.name}, dim={self.dim}"
 
 
-def from_log_prob(fn: Callable[[Tensor], Tensor], dim: int, log_Z: float | None = None) -> Target:
+def from_log_prob(fn: Callable[[Tensor], Tensor], dim: int, log_Z: float | None = None,
+                  score: Callable[[Tensor], Tensor] | None = None) -> Target:
     """A target from a batched log-density ``fn: (n, d) -> (n,)``.
 
-    The score is one batched autograd pass (no loop over particles); the Laplacian is
-    autograd of that (exact, vectorised over dimensions, or Hutchinson)."""
+    The score is ``score`` ``(n, d) -> (n, d)`` when given (an analytic ∇log π), else one
+    batched autograd pass of ``fn`` (no loop over particles); the Laplacian is autograd of the
+    score (exact, vectorised over dimensions, or Hutchinson)."""
     if not callable(fn):
         raise ValueError("from_log_prob needs a callable (n, d) -> (n,)")
-    return _FunctionTarget(dim, log_prob=fn, log_Z=log_Z)
+    if score is not None and not callable(score):
+        raise ValueError("from_log_prob's score must be a callable (n, d) -> (n, d)")
+    return _FunctionTarget(dim, log_prob=fn, score=score, log_Z=log_Z)
 
 
 def from_score(fn: Callable[[Tensor], Tensor], dim: int) -> Target:
