@@ -147,7 +147,7 @@ class FlowTraining:
 def theta_flow_defaults(flow: FlowTraining) -> FlowTraining:
     """``flow`` with ``theta_flow`` checked (default ``"gd"``) and η defaulted to the Θ dynamics'
     own (:data:`~sbtm_flows.theta_flow.DEFAULT_ETA`: a rate per unit curvature for ``"gd"``, a
-    parameter speed for ``"rmsprop"``).
+    parameter speed for ``"rmsprop"``, ``"track"`` for ``"diag"``).
 
     Raises:
         ValueError: an unknown ``theta_flow``, or a preconditioned one with the NTK tools
@@ -273,8 +273,10 @@ class SBTMConfig(RunConfig):
             :meth:`resolved`).
         theta_flow: the Θ dynamics of the flow (:mod:`sbtm_flows.theta_flow`): ``"gd"`` (default,
             dΘ/dt = −η∇_ΘL), ``"rmsprop"`` (dΘ/dt = −η∇_ΘL/√(v + ε²) with the running second
-            moment v of the gradient in the ODE state, per parameter tensor) or a
-            ``GradientFlow`` / ``RMSpropFlow`` instance (τ, ε, per tensor or per parameter).
+            moment v of the gradient in the ODE state, per parameter tensor), ``"diag"``
+            (dΘ/dt = −η·D·∇_ΘL, D the inverse Gauss–Newton diagonal refreshed every 10 steps;
+            default η ``"track"``; :mod:`sbtm_flows.diag_flow`) or a ``GradientFlow`` /
+            ``RMSpropFlow`` / ``DiagGNFlow`` instance (τ, ε, per tensor or per parameter; power, δ).
         eta: η of the flow: a number (default 5 for ``"gd"``, ``DEFAULT_ETA["rmsprop"]`` for ``"rmsprop"``), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.stiffness.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
@@ -406,6 +408,11 @@ class SBTMConfig(RunConfig):
         self.batch = check_batch(self.batch)
         check_positive("chunk", self.chunk, integer=True, allow_none=True)
         check_positive("diagnostics_sample", self.diagnostics_sample, integer=True, allow_none=True)
+        if self.solver.method == "scipy_solver":  # a torchdiffeq method, but not one sample() runs
+            raise ValueError("solver='scipy_solver' is not supported by sample(): torchdiffeq's wrapper of "
+                             "scipy.integrate.solve_ivp copies the state to numpy at every call, takes its method as "
+                             "options={'solver': ...} and reports no step-size failures to the run loop; use dopri5 "
+                             f"(adaptive) or rkc (stiff), or another torchdiffeq method: {', '.join(sorted(SOLVERS))}")
         if self.solver.method is not None and self.solver.method not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver.method!r}; valid torchdiffeq methods: {', '.join(sorted(SOLVERS))}")
         if self.training not in TRAININGS:

@@ -46,7 +46,7 @@ from .losses import CHUNK, divergence, make_probes, map_rows, resolve_divergence
 from .paths import Path, as_path
 from .paths import time_float as _tfloat
 from .score import at_time, flatten_params, functional_score, make_optimizer, unflatten_params
-from .theta_flow import GradientFlow, RMSpropFlow, resolve_theta_flow
+from .theta_flow import DiagGNFlow, GradientFlow, RMSpropFlow, resolve_theta_flow
 
 #: Default number of particles in the score loss (``batch`` of ``sample``): see README "Scale".
 DEFAULT_BATCH = 4096
@@ -322,9 +322,14 @@ class _Base(torch.nn.Module):
         discrete training keeps Θ in the network)."""
         return None
 
+    def aux(self, y: Tensor) -> Tensor:
+        """The Θ dynamics' auxiliary state ``(A,)`` as a view of y (empty when it has none, as here)."""
+        return y[:0]
+
     def aux_block(self, y: Tensor) -> Tensor | None:
-        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` when it has none."""
-        return None
+        """:meth:`aux`, or ``None`` when it is empty (the form :meth:`blocks` reports)."""
+        a = self.aux(y)
+        return a if a.numel() else None
 
     def blocks(self, y: Tensor) -> dict[str, Tensor | None]:
         """The blocks of a state as views: ``x (n, d)`` (training particles), ``theta (P,)``,
@@ -435,7 +440,7 @@ class SBTMFlow(_Base):
         holdout_generator: torch.Generator | None = None,
         max_nfe: int | None = None,
         reject_nonfinite: bool = False,
-        theta_flow: str | GradientFlow | RMSpropFlow = "gd",
+        theta_flow: str | GradientFlow | RMSpropFlow | DiagGNFlow = "gd",
     ):
         super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
                          holdout, holdout_generator, max_nfe, reject_nonfinite)
@@ -493,6 +498,8 @@ class SBTMFlow(_Base):
         if self.n_aux == 0:
             return theta.new_zeros(0)
         xb, pb = self.training_rows(x.detach())
+        if hasattr(self.theta_flow, "estimate"):  # an auxiliary state re-estimated from (X, Θ) (DiagGNFlow)
+            return self.theta_flow.estimate(self, xb, theta, t)
         return self.theta_flow.start(self.loss_and_grad(xb, theta, t=t, probes=pb)[1]).detach()
 
     def n_particles(self, y: Tensor) -> int:
@@ -504,9 +511,16 @@ class SBTMFlow(_Base):
         start = self.n_particles(y) * self.dim + self.n_params
         return y[start : start + self.n_aux]
 
-    def aux_block(self, y: Tensor) -> Tensor | None:
-        """The Θ dynamics' auxiliary state ``(A,)`` (a view), or ``None`` for ``"gd"`` (none)."""
-        return self.aux(y) if self.n_aux else None
+    def refresh_aux(self, y: Tensor, t: float | Tensor) -> Tensor:
+        """The state y ``(len,)`` with A re-estimated from its (X, Θ) at time t, for a Θ dynamics
+        whose auxiliary state is refreshed piecewise (``theta_flow.refresh_every``, :class:`DiagGNFlow`);
+        y itself otherwise."""
+        if getattr(self.theta_flow, "refresh_every", None) is None:
+            return y
+        x, theta = self.split(y)
+        y = y.clone()
+        self.aux(y).copy_(self.initial_aux(x, theta.detach(), t))
+        return y
 
     def preconditioner(self, y: Tensor) -> Tensor | None:
         """D ``(P,)`` with dΘ/dt ≈ −η·D·∇_Θ L at state y (``None``: the identity, ``"gd"``)."""

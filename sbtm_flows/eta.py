@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .paths import time_float
 
-__all__ = ["EtaSchedule", "ConstantEta", "TimeEta", "DecayingEta", "as_eta"]
+__all__ = ["EtaSchedule", "SampledEta", "ConstantEta", "TimeEta", "DecayingEta", "as_eta"]
 
 
 class EtaSchedule:
@@ -85,6 +85,23 @@ class EtaSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
+
+
+class SampledEta(EtaSchedule):
+    """An η whose ``value`` the sampler sets during the run (from curvature estimates) and that is
+    constant in t between settings, so the right-hand side stays a function of (t, y):
+    :class:`~sbtm_flows.stiffness.AutoEta`, :class:`~sbtm_flows.tracking_eta.TrackingEta`.
+    Calling it before the first value is an error that says how the value is set (``set_by``)."""
+
+    value: float | None = None
+    #: how the first value is set (ends the error raised before it)
+    set_by = "sample() sets it"
+
+    def __call__(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None, flow: Any = None) -> float:
+        """The η last set (the state arguments are not used)."""
+        if self.value is None:
+            raise RuntimeError(f"{type(self).__name__} has no value yet: {self.set_by}")
+        return self.value
 
 
 class ConstantEta(EtaSchedule):

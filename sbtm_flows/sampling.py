@@ -334,6 +334,20 @@ class SBTMSampler:
             self.dyn.choose_batch(self.dyn.n_particles(y), k)
             self.tracker.refresh(self.dyn, y, t)
 
+    def _aux_every(self) -> int | None:
+        """Steps between refreshes of the Θ dynamics' auxiliary state (``None``: never)."""
+        if self.cfg.training != "flow":
+            return None
+        return getattr(self.dyn.theta_flow, "refresh_every", None)
+
+    def _refresh_aux(self, y: Tensor, t: float, k: int) -> Tensor:
+        """y with a piecewise-refreshed Θ-dynamics state (DiagGNFlow's D) re-estimated at t on the
+        training subset of output interval ``k``; y itself for the other Θ dynamics."""
+        if not self._aux_every():
+            return y
+        self.dyn.choose_batch(self.dyn.n_particles(y), k)
+        return self.dyn.refresh_aux(y, t)
+
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state
         every ``every`` steps: a fixed one-step solver integrates the interval in pieces of that
@@ -346,6 +360,8 @@ class SBTMSampler:
         if cfg.training == "flow":  # the training subset of this output interval
             self.dyn.choose_batch(state.x.shape[0], self._k[t0])
         if not self.fixed:
+            if i0 > 0:  # a piecewise-refreshed Θ-dynamics state (DiagGNFlow): once per output interval
+                y = self._refresh_aux(y, t0, self._k[t0])
             if self.monitor is not None:
                 self.monitor.check(y, t0, cfg.dt, self._k[t0] * int(cfg.save_every))
             y = odeint_chunk(self.dyn, y, self.grid[[i0, i1]], cfg.solver.method, cfg.solver.rtol, cfg.solver.atol, options)
@@ -353,9 +369,11 @@ class SBTMSampler:
         one_step = getattr(SOLVER_FACTS.get(cfg.solver.method), "stability", None) is not None  # not multistep
         every = min([m.every for m in (self.monitor, self.xstiff) if m is not None and one_step], default=i1 - i0)
         every = min(every, int(self.tracker.refresh_every)) if self.tracker is not None else every
+        every = min(every, self._aux_every()) if self._aux_every() else every
         for a in range(i0, i1, max(1, every)):
             t_a, h_a = float(self.grid[a]), float(self.grid[a + 1] - self.grid[a])
-            if a > 0:  # (at the run's start init() has just refreshed it)
+            if a > 0:  # (at the run's start init() has just refreshed them)
+                y = self._refresh_aux(y, t_a, self._k[t0])
                 self._track(y, t_a, self._k[t0])
             if self.xstiff is not None:
                 self.xstiff.check(self.particles(SBTMState.unpack(y, self.dyn)), t_a, h_a, a)
@@ -511,9 +529,11 @@ def odeint_chunk(func, y: Tensor, ts: Tensor, solver: str, rtol: float, atol: fl
         msg = str(e)
         t0, t1 = float(ts[0]), float(ts[-1])
         if "underflow" in msg:
+            # float32: dopri8 on §5.1 (η = 5, n = 500) underflows at t = 0.27 whatever rtol, and runs in float64
+            single = ", or run in dtype=torch.float64" if y.dtype == torch.float32 else ""
             raise SamplingError(
                 f"adaptive solver {solver!r}: step size underflow between t={t0:.6g} and t={t1:.6g} ({msg}); "
-                "the system is stiff or has blown up: lower eta, loosen rtol/atol, or check the target",
+                f"the system is stiff or has blown up: lower eta, loosen rtol/atol, or check the target{single}",
                 t=t0,
             ) from e
         if "max_num_steps" in msg:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .errors import SamplingError
-from .eta import EtaSchedule
+from .eta import SampledEta
 
 if TYPE_CHECKING:
     from .dynamics import SBTMFlow
@@ -148,7 +148,7 @@ def _preconditioned(hvp, flow, y: Tensor):
     return lambda q: root * hvp(root * q)
 
 
-class AutoEta(EtaSchedule):
+class AutoEta(SampledEta):
     r"""η(t) = min(``eta_max``, ``safety``·c / (λ_max(∇²_Θ L)(t)·h)): the largest η that an
     explicit solver with real stability limit c keeps stable at step h, with λ_max tracked
     along the run by a :class:`StiffnessMonitor` (which calls :meth:`observe_curvature`): an
@@ -161,6 +161,7 @@ class AutoEta(EtaSchedule):
     """
 
     follows_curvature = True
+    set_by = "sample() sets it from the initial curvature"
 
     def __init__(self, safety: float = 0.6, eta_max: float = 100.0):
         if not 0 < safety <= 1:
@@ -178,12 +179,6 @@ class AutoEta(EtaSchedule):
     def observe_curvature(self, lam: float, limit: float, h: float) -> None:
         """The monitor's λ_max, stability limit and step: :meth:`update`."""
         self.update(lam, limit, h)
-
-    def __call__(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None, flow=None) -> float:
-        """The η last set by :meth:`update` (the same at every t until the next monitor check)."""
-        if self.value is None:
-            raise RuntimeError("AutoEta has no value yet: sample() sets it from the initial curvature")
-        return self.value
 
     def state_dict(self) -> dict:
         """``{"value": η}`` (``None`` before the first curvature estimate)."""

@@ -1,7 +1,7 @@
 r"""The network block of the coupled flow: how Θ moves given the loss gradient g = ∇_Θ L.
 
 The coupled state is y = vec(X) ⊕ Θ ⊕ A [⊕ ℓ] [⊕ held-out], A the auxiliary state of the
-Θ dynamics (empty for the plain gradient flow).  Two Θ dynamics (``theta_flow=`` of
+Θ dynamics (empty for the plain gradient flow).  Three Θ dynamics (``theta_flow=`` of
 :func:`sbtm_flows.sample`):
 
 ``"gd"`` — :class:`GradientFlow`, the plain gradient flow (no A)::
@@ -37,6 +37,10 @@ norm (ρ ≈ 10⁶–10⁸) instead of its spectral radius and refuses the step;
 mean over the tensor, the coupling is averaged away and the flow runs at the cost of the plain
 one with a comparable network speed.
 
+``"diag"`` — :class:`~sbtm_flows.diag_flow.DiagGNFlow`: dΘ/dt = −η D ∇_Θ L with D the inverse
+Gauss–Newton diagonal, refreshed every few steps from the particles (A = log D, dA/dt = 0;
+:mod:`sbtm_flows.diag_flow`); its default η is ``"track"``.
+
 A preconditioned flow is still a gradient flow of L in the metric D⁻¹ (dL/dt = −η gᵀDg ≤ 0 at
 fixed particles), so it has the same fixed points as ``"gd"``; what changes is how fast the
 directions of small curvature relax, hence how far s_Θ lags the moving law f_t (README, η and
@@ -50,6 +54,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from .diag_flow import DiagGNFlow
 
 __all__ = ["GradientFlow", "RMSpropFlow", "THETA_FLOWS", "DEFAULT_ETA", "resolve_theta_flow"]
 
@@ -146,20 +152,20 @@ class RMSpropFlow:
 
 #: η when none is given: a rate per unit curvature for "gd", a speed (parameter units per unit
 #: time, per tensor in RMS) for "rmsprop".
-DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0}
+DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track"}
 
 #: name -> the Θ dynamics with its default parameters.
-THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow}
+THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow}
 
 
-def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow:
-    """``"gd"`` / ``"rmsprop"`` (default parameters) or an instance, as an instance.
+def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow:
+    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` (default parameters) or an instance, as an instance.
 
     Raises:
         ValueError: any other value (names the valid ones)."""
-    if isinstance(spec, (GradientFlow, RMSpropFlow)):
+    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow)):
         return copy.copy(spec)  # (aux_size binds it to a network)
     if isinstance(spec, str) and spec in THETA_FLOWS:
         return THETA_FLOWS[spec]()
     raise ValueError(f"theta_flow must be one of {', '.join(repr(k) for k in THETA_FLOWS)} or a GradientFlow / "
-                     f"RMSpropFlow instance, got {spec!r}")
+                     f"RMSpropFlow / DiagGNFlow instance, got {spec!r}")

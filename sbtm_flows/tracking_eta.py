@@ -45,14 +45,14 @@ import math
 import torch
 from torch import Tensor
 
-from .eta import EtaSchedule
+from .eta import SampledEta
 from .guards import particle_curvature
 from .stiffness import hessian_max_eigenvalue
 
 __all__ = ["TrackingEta"]
 
 
-class TrackingEta(EtaSchedule):
+class TrackingEta(SampledEta):
     r"""η(t) = clip(ratio·max(κ_X, κ_min)/λ_max(∇²_Θ L), eta_min, eta_max) (module docstring),
     a callable of t between the sampler's refreshes.
 
@@ -68,6 +68,7 @@ class TrackingEta(EtaSchedule):
     """
 
     absorbs_loss_scale = True
+    set_by = "sample() sets it from the initial state (refresh())"
 
     def __init__(self, ratio: float = 50.0, every: int = 10, iters: int = 3, first_iters: int = 10,
                  kappa_min: float = 1.0, eta_min: float = 1e-6, eta_max: float = 1e4,
@@ -127,12 +128,6 @@ class TrackingEta(EtaSchedule):
         r["refreshes"] += 1
         r["eta_min_seen"], r["eta_max_seen"] = min(r["eta_min_seen"], self.value), max(r["eta_max_seen"], self.value)
         r["lam_max_seen"], r["kappa_max_seen"] = max(r["lam_max_seen"], self.lam), max(r["kappa_max_seen"], self.kappa)
-        return self.value
-
-    def __call__(self, t: float | Tensor, x: Tensor | None = None, theta: Tensor | None = None, flow=None) -> float:
-        """η, constant between refreshes (the state arguments are not used)."""
-        if self.value is None:
-            raise RuntimeError("TrackingEta has no value yet: sample() sets it from the initial state (refresh())")
         return self.value
 
     def state_dict(self) -> dict:

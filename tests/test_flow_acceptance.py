@@ -5,7 +5,8 @@ failure, so it turns into an error (XPASS) the day it passes and the marker must
 Measured (seed 0, README "η and stiffness"):
 * §5.4, ``training="flow", eta="track"`` (ScaledScore), n = 4000, T = 20: stable to the end, but SBTM
   min mode weight 0.0 and TV to annealed ULA's weights 0.283 (bound 0.06; the discrete training: 0.025);
-  with ``TrackingEta(ratio=200)``: min 0.0285, TV 0.171.
+  with ``TrackingEta(ratio=200)``: min 0.0285, TV 0.171; with the diagonal Gauss–Newton Θ flow
+  (``theta_flow="diag"``, ratio 50): min 0.0288, TV 0.0737 — the test below runs that one.
 * eight_schools, flow defaults (rkc, η = 5), n = 2000, T = 30: ``SamplingError`` at t = 4.57
   (ρ = 2.3·10⁶, > 200 rkc stages): a particle escapes along the τ tail (X block).
 * eight_schools with the tail-anchored network ``ResidualScore`` (s = ∇log π + r_Θ, opt-in), otherwise the
@@ -29,12 +30,13 @@ import paper_cases as P  # noqa: E402
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="§5.4 with the flow: stable with eta='track' but TV to ULA 0.283 > 0.06 (README)")
+@pytest.mark.xfail(strict=True, reason="§5.4 with the flow: theta_flow='diag', eta='track' finds every mode (min 2.9 %) "
+                                        "but TV to ULA 0.074 > 0.06 (gd flow: 0.283; README)")
 def test_54_paper_with_the_flow():
-    s = P.grid_54("sbtm", n=4000, training="flow", eta="track")
+    s = P.grid_54("sbtm", n=4000, training="flow", eta="track", theta_flow="diag")
     u = P.grid_54("ula", n=4000)
     tv = sf.metrics.tv_distance(s["weights"], u["weights"])
-    print(f"5.4 flow (eta='track'): SBTM min {s['min_weight']:.4f}, ULA min {u['min_weight']:.4f}, TV {tv:.4f}")
+    print(f"5.4 flow (theta_flow='diag', eta='track'): SBTM min {s['min_weight']:.4f}, ULA min {u['min_weight']:.4f}, TV {tv:.4f}")
     assert s["min_weight"] >= 0.01 and u["min_weight"] >= 0.01
     assert tv <= 0.06
 

@@ -107,3 +107,16 @@ def test_the_sampler_set_ntk_ceiling_follows_the_tracked_curvature():
     mine = sf.ntk.NTKEta(ceiling=6.9)  # a user's ceiling is theirs
     mine.observe_curvature(40.0, 2.0, 0.01)
     assert mine.ceiling == 6.9
+
+
+def test_scipy_solver_is_refused_saying_why():
+    # a torchdiffeq method name, so "unknown solver" (the message before) was wrong
+    with pytest.raises(ValueError, match=r"scipy_solver' is not supported by sample\(\): .*use dopri5"):
+        sf.sample(T1, method="sbtm", n=20, t_final=0.1, solver="scipy_solver")
+
+
+def test_a_float32_step_size_underflow_suggests_float64():
+    # dopri8 on §5.1 in float32 underflows at t ≈ 0.25 (n = 200; n = 500 at 0.27, with rtol 1e-5 or
+    # 1e-3); in float64 it runs (n = 500: Var X_1 = 0.8948, exact 0.8892)
+    with pytest.raises(sf.SamplingError, match="'dopri8': step size underflow .*or run in dtype=torch.float64"):
+        sf.sample(T1, method="sbtm", init=I1, n=200, t_final=0.25, solver="dopri8", seed=0)

@@ -1,0 +1,119 @@
+"""theta_flow="diag" (sbtm_flows.diag_flow): the Gauss–Newton diagonal against a dense Jacobian,
+the right-hand side's equations, the state layout, bitwise resume, adaptive solvers, and that on
+a dilation path it fits the score where the plain gradient flow does not."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sbtm_flows as sf
+from sbtm_flows.diag_flow import DiagGNFlow, gauss_newton_diagonal
+from sbtm_flows.stiffness import hessian_max_eigenvalue
+from sbtm_flows.theta_flow import DEFAULT_ETA, resolve_theta_flow
+
+sys.path.insert(0, str(Path(__file__).parent))
+from resume_cases import interrupt_and_resume  # noqa: E402
+
+D64 = torch.float64
+
+
+def _flow(power=1.0, delta=1e-3, eta=0.7, hidden=(5,)):
+    tgt = sf.Gaussian(torch.tensor([0.5, -1.0], dtype=D64), torch.eye(2, dtype=D64) * 0.7)
+    net = sf.ScoreMLP(2, hidden, "tanh", generator=torch.Generator().manual_seed(0), dtype=D64)
+    flow = sf.SBTMFlow(tgt, net, eta=eta, theta_flow=DiagGNFlow(power=power, delta=delta, chunk=3))
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(1), dtype=D64)
+    return tgt, net, flow, x
+
+
+def _dense_gn_diagonal(net, x):
+    """(2/n) Σ_{i,k} (∂s_k(x_i)/∂Θ)² from the dense Jacobian (n·d, P) of autograd.functional."""
+    theta = sf.score.flatten_params(net)
+
+    def s(th):
+        return torch.func.functional_call(net, sf.score.unflatten_params(net, th), (x,)).reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(s, theta)
+    return 2.0 * jac.pow(2).sum(0) / x.shape[0]
+
+
+def test_gauss_newton_diagonal_matches_the_dense_jacobian():
+    _, net, flow, x = _flow()
+    dense = _dense_gn_diagonal(net, x)
+    theta = sf.score.flatten_params(net)
+    for chunk in (1, 3, 100):  # blocks of rows change nothing
+        torch.testing.assert_close(gauss_newton_diagonal(flow, x, theta, chunk=chunk), dense, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="x must be"):
+        gauss_newton_diagonal(flow, x[:0], theta)
+    with pytest.raises(ValueError, match="chunk"):
+        gauss_newton_diagonal(flow, x, theta, chunk=0)
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_diag_rhs_equals_its_equations(power):
+    # A(t0) = log D, D = (diag G + δ·mean diag G)^{−p}; dΘ/dt = −η D ∇_Θ L, dA/dt = 0
+    tgt, net, flow, x = _flow(power=power, delta=0.01)
+    g_diag = _dense_gn_diagonal(net, x)
+    d = (g_diag + 0.01 * g_diag.mean()) ** (-power)
+    y = flow.initial_state(x)
+    torch.testing.assert_close(flow.preconditioner(y), d, rtol=1e-10, atol=0)
+    loss = sf.losses.implicit_score_matching(net, x)[0]
+    grad = torch.cat([u.reshape(-1) for u in torch.autograd.grad(loss, list(net.parameters()))])
+    dy = flow(torch.tensor(0.1), y)
+    nd, P = x.numel(), flow.n_params
+    torch.testing.assert_close(dy[nd : nd + P], -0.7 * d * grad)
+    assert torch.equal(dy[nd + P :], torch.zeros(P, dtype=D64))
+    torch.testing.assert_close(dy[:nd].view(7, 2), tgt.score(x) - net(x).detach())
+    # refresh_aux recomputes D from the state's (X, Θ): unchanged Θ, same D; moved Θ, D of the new Θ
+    assert torch.equal(flow.refresh_aux(y, 0.1), y)
+    y2 = y.clone()
+    flow.split(y2)[1].add_(0.3)
+    net2 = sf.ScoreMLP(2, (5,), "tanh", dtype=D64)
+    torch.nn.utils.vector_to_parameters(flow.split(y2)[1].clone(), net2.parameters())
+    g2 = _dense_gn_diagonal(net2, x)
+    torch.testing.assert_close(flow.preconditioner(flow.refresh_aux(y2, 0.1)), (g2 + 0.01 * g2.mean()) ** (-power))
+
+
+def test_lanczos_sees_the_preconditioned_hessian():
+    # the Θ block's Jacobian −η·D·∇²L: its stiff end is λ_max(D^{1/2}∇²L D^{1/2}), not λ_max(∇²L)
+    _, net, flow, x = _flow(hidden=(3,))
+    y = flow.initial_state(x)
+    theta = sf.score.flatten_params(net)
+
+    def loss(th):
+        return sf.losses.implicit_score_matching(lambda z: torch.func.functional_call(net, sf.score.unflatten_params(net, th), (z,)), x)[0]
+
+    H = torch.autograd.functional.hessian(loss, theta)
+    d = flow.preconditioner(y).sqrt()
+    dense = float(torch.linalg.eigvalsh(d[:, None] * H * d[None, :]).max())
+    lam = hessian_max_eigenvalue(flow, y, iters=theta.numel(), generator=torch.Generator().manual_seed(0))
+    assert lam == pytest.approx(dense, rel=1e-6) and abs(dense - float(torch.linalg.eigvalsh(H).max())) > 0.5 * dense
+
+
+def test_diag_run_resumes_bitwise(tmp_path):
+    # D is in the state (A = log D) and is recomputed from (X, Θ) at the same steps after a resume
+    target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
+    kw = dict(method="sbtm", init=sf.Gaussian(torch.zeros(1), torch.eye(1)), n=60, t_final=0.2, dt=0.01, save_every=2,
+              theta_flow=DiagGNFlow(every=3))
+    full, resumed, k = interrupt_and_resume(target, tmp_path / "ck.pt", checkpoint_every=1, **kw)
+    assert k > 0 and torch.equal(resumed.particles, full.particles) and torch.equal(resumed.thetas, full.thetas)
+    assert full.info["theta_flow"] == {"name": "diag", "power": 1.0, "delta": 1e-3, "every": 3}
+    assert full.info["eta_schedule"]["refreshes"] >= 6 and DEFAULT_ETA["diag"] == "track"
+
+
+def test_an_adaptive_solver_runs_the_diag_flow():
+    # D refreshed at the output times; dopri5 integrates the coupled state in between
+    tgt = sf.Gaussian(torch.zeros(1), torch.eye(1))
+    res = sf.sample(tgt, method="sbtm", init=sf.Gaussian(torch.zeros(1), 0.25 * torch.eye(1)), n=80, t_final=0.3, dt=0.05,
+                    solver="dopri5", theta_flow="diag", eta=0.005, save_every=2, seed=1, max_nfe=3000)
+    assert res.info["solver"] == "dopri5" and torch.isfinite(res.particles).all()
+    v0, v1 = (float(res.trajectory[i].var()) for i in (0, -1))
+    assert v0 < v1 < 1.0  # spreading toward the target's unit variance
+    with pytest.raises(ValueError, match="DiagGNFlow"):
+        DiagGNFlow(power=0.0)
+    with pytest.raises(ValueError, match="DiagGNFlow"):
+        DiagGNFlow(delta=-1.0)
+    with pytest.raises(ValueError, match="DiagGNFlow"):
+        DiagGNFlow(every=0)
+    assert isinstance(resolve_theta_flow("diag"), DiagGNFlow)
