@@ -1,7 +1,8 @@
 """posteriordb eight_schools with the coupled flow: the plain score network against the tail-anchored
 ``ResidualScore`` s = ∇log π + r_Θ (README "η and stiffness"; issue 10).
 
-  python benchmarks/residual_8s.py run KIND N T [ETA] # KIND plain|residual: errors vs the reference, s = log τ quantiles, rkc
+  python benchmarks/residual_8s.py run KIND N T [ETA [THETA_FLOW]]   # KIND plain|residual: errors vs the reference,
+                                                      # s = log τ quantiles, rkc; ETA "-": the default
   python benchmarks/residual_8s.py tail N T           # residual: the particle with the largest final s, along the run
   python benchmarks/residual_8s.py ula                 # ULA (dt = 0.03, float64, n = 2000): errors at t = 10, 20, 30
   python benchmarks/residual_8s.py slowmode            # N((4.4, 0), diag(11, 1)) from N(0, I): the mean vs e^{-t/11}
@@ -41,7 +42,7 @@ def _rounded(d: dict) -> dict:
     return {k: round(v, 3) for k, v in d.items()}
 
 
-def run(kind: str, n: str, t_final: str, eta: str | None = None) -> None:
+def run(kind: str, n: str, t_final: str, eta: str | None = None, theta_flow: str | None = None) -> None:
     post = sf.posteriordb.load("eight_schools")
     ref = torch.log(post.reference_chains()[..., -1].reshape(-1))
     print(f"reference s = log tau: quantiles .5/.9/.99 {_quantiles(ref)}, max of {ref.numel()} {float(ref.max()):.2f}")
@@ -49,9 +50,10 @@ def run(kind: str, n: str, t_final: str, eta: str | None = None) -> None:
     t0 = time.perf_counter()
     try:
         res = sf.sample(post, method="sbtm", n=int(n), t_final=float(t_final), save_every=100,
-                        **({} if model is None else {"score_model": model}), **({} if eta is None else {"eta": float(eta)}))
+                        **({} if model is None else {"score_model": model}), **({} if eta in (None, "-") else {"eta": float(eta)}),
+                        **({} if theta_flow is None else {"theta_flow": theta_flow}))
     except sf.SamplingError as e:
-        print(f"{kind} n={n} T={t_final}: stopped after {time.perf_counter() - t0:.0f} s: {str(e)[:240]}")
+        print(f"{kind} n={n} T={t_final} eta={eta} theta_flow={theta_flow}: stopped after {time.perf_counter() - t0:.0f} s: {str(e)[:240]}")
         return
     for k in range(0, len(res.times), max(1, len(res.times) // 10)):
         s = res.trajectory[k, :, -1]
@@ -60,7 +62,8 @@ def run(kind: str, n: str, t_final: str, eta: str | None = None) -> None:
                                       f"energy ratio {ck['ratio']:.2f}")
         print(f"t={float(res.times[k]):5.1f}: s quantiles {_quantiles(s)}, max {float(s.max()):.2f}{errs}", flush=True)
     c = post.compare(res, metric="energy")
-    print(f"{kind} n={n} T={t_final}: max mean error {c['max_mean_error']:.3f}, max sd error {c['max_sd_error']:.3f} "
+    print(f"{kind} n={n} T={t_final} eta={eta} theta_flow={theta_flow}: max mean error {c['max_mean_error']:.3f}, "
+          f"max sd error {c['max_sd_error']:.3f} "
           f"(tau: {c['mean_error']['tau']:.3f} / {c['sd_error']['tau']:.3f}), energy ratio {c['ratio']:.2f}, "
           f"NFE {res.nfe}, rkc {res.info.get('rkc')}, {time.perf_counter() - t0:.0f} s")
 
