@@ -4,8 +4,10 @@ tracked η (``eta="track"``) gives.  Numbers in README "η and stiffness".
 Run (one at a time, OMP_NUM_THREADS=1, PYTHONPATH=.):
   python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at every rkc refresh
   python benchmarks/flow_blocks.py blocks8s [ETA|track]              # eight_schools, n = 2000, T = 30 (minutes to an hour)
-  python benchmarks/flow_blocks.py full54 RATIO                     # §5.4's schedule, n = 4000, T = 20 (20–25 min)
-  python benchmarks/flow_blocks.py quick54 SEED                     # quick schedule: flow (track) vs steps vs ULA
+  python benchmarks/flow_blocks.py full54 RATIO [diag[:POWER]]      # §5.4's schedule, n = 4000, T = 20 (20–60 min)
+  python benchmarks/flow_blocks.py quick54 SEED [RATIO diag[:POWER]] # quick schedule: flow (track) vs steps vs ULA
+  python benchmarks/flow_blocks.py mid54 CFG [N] [T_END]            # §5.4's path (λ₀ = 0.1, T = 20) to T_END (4), n = N (1000):
+                                                                    #   mode weights vs t; CFG ula | steps | gd:RATIO | diag:RATIO[:POWER]
   python benchmarks/flow_blocks.py tail8s                           # eight_schools: s-velocity of a neck particle
 ρ_X and ρ_Θ are power iterations on the X→X and Θ→Θ diagonal blocks of the right-hand side's
 Jacobian (finite differences), printed with the full ρ of rkc's estimate at each refresh.
@@ -20,6 +22,7 @@ import time
 import torch
 
 import sbtm_flows as sf
+from sbtm_flows.diag_flow import DiagGNFlow
 from sbtm_flows.experiments import make_target
 from sbtm_flows.metrics import mode_weights, tv_distance
 from sbtm_flows.paths import Dilation
@@ -104,13 +107,57 @@ def _weights_vs_ula(kw: dict, n: int, t_final: float, dt: float, lam0: float, se
           f"rkc {res.info.get('rkc')}, eta {res.info.get('eta_schedule')}", flush=True)
 
 
-def full54(ratio: str) -> None:
-    _weights_vs_ula(dict(training="flow", eta=TrackingEta(ratio=float(ratio))), 4000, 20.0, 0.01, 0.1, 0)
+def _theta_flow(spec: str | None):
+    """``None``/``"gd"`` -> "gd"; ``"diag"`` / ``"diag:POWER"`` -> a DiagGNFlow."""
+    if spec is None or spec == "gd":
+        return "gd"
+    name, _, power = spec.partition(":")
+    if name != "diag":
+        raise ValueError(f"theta flow spec must be gd, diag or diag:POWER, got {spec!r}")
+    return DiagGNFlow(power=float(power or 1.0))
 
 
-def quick54(seed: str) -> None:
-    for kw in (dict(training="flow", eta="track"), dict(training="steps")):
+def full54(ratio: str, theta: str | None = None) -> None:
+    _weights_vs_ula(dict(training="flow", eta=TrackingEta(ratio=float(ratio)), theta_flow=_theta_flow(theta)), 4000, 20.0, 0.01, 0.1, 0)
+
+
+def quick54(seed: str, ratio: str = "50", theta: str | None = None) -> None:
+    flow = dict(training="flow", eta=TrackingEta(ratio=float(ratio)), theta_flow=_theta_flow(theta))
+    for kw in (flow, dict(training="steps")):
         _weights_vs_ula(kw, 400, 10.0, 0.05, 0.2, int(seed), save_every=10**9)
+
+
+def mid54(cfg: str, n: str = "1000", t_end: str = "4") -> None:
+    """§5.4's path (λ₀ = 0.1, T = 20, dt = 0.01, seed 0) run to t_end: the mode weights (in the
+    coordinates x/λ(t)), the corner modes' mean weight and the implicit loss at t = 0.2 … t_end.
+    ULA always runs n = 4000 (the reference)."""
+    target = make_target("gmm2d")
+    path = Dilation(target, t_final=20.0, lam0=0.1)
+    tend = float(t_end)
+    common = dict(n=int(n), t_final=tend, dt=0.01, seed=0, init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=10)
+    if cfg == "ula":
+        kw, common["n"] = dict(method="ula", sde_solver="euler"), 4000
+    elif cfg == "steps":
+        kw = dict(method="sbtm", training="steps")
+    else:
+        name, ratio, *power = cfg.split(":")
+        kw = dict(method="sbtm", training="flow", eta=TrackingEta(ratio=float(ratio)),
+                  theta_flow=_theta_flow(":".join([name, *power])))
+    t0 = time.perf_counter()
+    try:
+        r = sf.sample(path, **common, **kw)
+    except sf.SamplingError as e:
+        print(cfg, "stopped:", str(e)[:300])
+        return
+    print(f"{cfg}: {time.perf_counter() - t0:.0f} s, NFE {r.nfe}, eta {r.info.get('eta_schedule')}, rkc {r.info.get('rkc')}")
+    corners = [i for i, m in enumerate(target.means.tolist()) if abs(m[0]) == abs(m[1]) == 6.0]
+    for tq in (0.2, 0.5, 1, 2, 4, 8, 12, 16, 20):
+        if tq <= tend + 1e-9:
+            i = int(torch.argmin((torch.as_tensor(r.times) - tq).abs()))
+            w = mode_weights(r.trajectory[i] / path.scale(float(r.times[i])), target.means).double()
+            loss = float(r.diagnostics["loss"][i]) if "loss" in r.diagnostics else float("nan")
+            print(f"t={float(r.times[i]):5.2f} corners {float(w[corners].mean()):.4f} min {float(w.min()):.4f} loss {loss:.2f} "
+                  f"weights {[round(v, 3) for v in w.tolist()]}", flush=True)
 
 
 def tail8s() -> None:
@@ -132,4 +179,4 @@ def tail8s() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, *args = sys.argv[1:] or ["tail8s"]
-    {"blocks54": blocks54, "blocks8s": blocks8s, "full54": full54, "quick54": quick54, "tail8s": tail8s}[cmd](*args)
+    {"blocks54": blocks54, "blocks8s": blocks8s, "full54": full54, "quick54": quick54, "mid54": mid54, "tail8s": tail8s}[cmd](*args)

@@ -120,5 +120,6 @@ def grid_54(method: str, path_kind: str = "dilation", n: int = 4000, t_final: fl
 #: With the stabilised solver rkc the flow's spectral radius outruns its estimate (η = 10, n = 400:
 #: ρ 370 → 7·10⁴ over t ≈ 1.1–1.5, NaN SamplingError), so §5.4 keeps the discrete training.
 #: With eta="track" (η sized to the particle block) the flow is stable but misses the weights
-#: (TV to ULA 0.28 at ratio 50, 0.17 at ratio 200; tests/test_flow_acceptance.py).
+#: (TV to ULA 0.28 at ratio 50, 0.17 at ratio 200; tests/test_flow_acceptance.py); with the diagonal
+#: Gauss–Newton Θ flow (theta_flow="diag") it transports mass between modes: TV 0.074, still > 0.06.
 SBTM_54 = {"training": "steps"}

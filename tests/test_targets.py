@@ -55,7 +55,7 @@ def test_mixture_sampling_moments():
     frac = (x[:, 1] > 2.0).double().mean()
     ref = torch.distributions.Normal(0.0, 1.0)
     # P(x_2 > 2) = Σ_k w_k (1 − Φ((2 − m_k2)/σ_k2))
-    p = sum(float(w) * (1 - float(ref.cdf(torch.tensor((2.0 - m[1]) / math.sqrt(c[1, 1]))))) for w, m, c in zip(tgt.weights, tgt.means, tgt.covs))
+    p = sum(float(w) * (1 - float(ref.cdf((2.0 - m[1]) / torch.sqrt(c[1, 1])))) for w, m, c in zip(tgt.weights, tgt.means, tgt.covs))
     assert abs(float(frac) - p) < 5 * math.sqrt(p * (1 - p) / 200_000)
 
 
