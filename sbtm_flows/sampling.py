@@ -31,7 +31,7 @@ from .distributed import is_main_process, rank_path, shard_rows
 from .dynamics import SBTMFlow, SBTMSteps
 from .errors import SamplingError
 from .eta import as_eta
-from .guards import FiniteTargetGuard, ParticleStiffness, holdout_outliers
+from .guards import CollapsedScoreGuard, FiniteTargetGuard, ParticleStiffness, holdout_outliers
 from .logdensity import initial_log_density, target_log_prob
 from .loop import Recorder, grid_index, make_generator, output_grid, prepare_run, run, splitmix64
 from .paths import Path, as_path
@@ -460,7 +460,7 @@ class SBTMSampler:
         """The diagnostics this configuration records (:mod:`sbtm_flows.observers`), in order."""
         from .observers import DensityDiagnostics, EtaTrace, HeldOutStatus, NTKTrace, ScoreDiagnostics
 
-        cfg, out = self.cfg, [FiniteTargetGuard(self.path), ScoreDiagnostics()]
+        cfg, out = self.cfg, [FiniteTargetGuard(self.path), CollapsedScoreGuard(), ScoreDiagnostics()]
         if cfg.density.holdout:
             out.append(HeldOutStatus())
         if cfg.density.track_logdensity and self.log_target is not None:

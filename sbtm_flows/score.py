@@ -12,7 +12,9 @@ A *time-conditioned* model (``model.time_conditioned = True``) is called as ``mo
 :class:`ScaledScore`, is s(x, t) = ŝ_Θ(x / c(t)) / c(t): the network ŝ works in the
 coordinates y = x / c(t) of a path that dilates space (c = λ for
 :class:`~sbtm_flows.paths.Dilation`), where f_t stays at unit scale while in x its modes
-have width ~c(t) and its score size ~1/c(t).
+have width ~c(t) and its score size ~1/c(t).  :class:`ResidualScore` is s(x, t) = ∇log π_t(x) + r_Θ(x),
+anchored to the target's score, so that SBTM's particle velocity ∇log π_t − s = −r_Θ carries no
+∇log π_t term (opt-in; README "η and stiffness" has what it does on posteriordb eight_schools).
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ class ResidualScore(torch.nn.Module):
     mean(|s|² + 2∇·s) = mean(|∇log π_t + r|² + 2∇·r) + 2 mean(Δlog π_t), the last term free of
     Θ, so ∇_Θ L is that of the plain parametrisation evaluated at s; F^n = mean|∇log π_t − s|² =
     mean|r|².  ∇·s is computed by autograd through ``path.score`` (so the log-density rate
-    −∇·v = ∇·r stays exact).
+    −∇·v = ∇·r stays exact).  The flow still forms v as ∇log π_t − s, so v carries a rounding error
+    of order eps·|∇log π_t| (≈ 6·10⁻⁸|∇log π_t| in float32) where the target's score is large.
 
     Args:
         net: the residual network r ``(n, d) -> (n, d)`` (e.g. a :class:`ScoreMLP`).

@@ -9,6 +9,10 @@ Measured (seed 0, README "η and stiffness"):
   (``theta_flow="diag"``, ratio 50): min 0.0288, TV 0.0737 — the test below runs that one.
 * eight_schools, flow defaults (rkc, η = 5), n = 2000, T = 30: ``SamplingError`` at t = 4.57
   (ρ = 2.3·10⁶, > 200 rkc stages): a particle escapes along the τ tail (X block).
+* eight_schools with the tail-anchored network ``ResidualScore`` (s = ∇log π + r_Θ, opt-in), otherwise the
+  same run: it runs to the end (max ρh 15.6, ≤ 6 rkc stages, 1113 s on the loaded machine) with max mean
+  error 0.093 and max sd error 0.079 (bounds 0.1), but energy distance 2.11× the noise floor (bound 1.5×):
+  the slow μ mode has not relaxed by T = 30 (ULA at T = 30: 1.2×; README "η and stiffness").
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ def test_54_paper_with_the_flow():
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=sf.SamplingError,
-                   reason="eight_schools with the flow stops at t = 4.57 (X-block stiffness, ρ = 2.3e6; README)")
+                   reason="eight_schools with the flow's default network stops at t = 4.57 (X-block stiffness, ρ = 2.3e6; "
+                          "ResidualScore runs through but misses the energy bound: README)")
 def test_eight_schools_with_the_flow_defaults():
     post = sf.posteriordb.load("eight_schools")
     res = sf.sample(post, method="sbtm", n=2000, t_final=30.0, save_every=3000)
@@ -47,6 +52,21 @@ def test_eight_schools_with_the_flow_defaults():
     assert c["max_mean_error"] <= 0.1 and c["max_sd_error"] <= 0.1
     assert c["ratio"] <= 1.5
     assert res.info["training"] == "flow" and torch.isfinite(res.particles).all()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="eight_schools with ResidualScore runs through but the energy distance is 2.11x the floor (README)")
+def test_eight_schools_with_the_residual_network():
+    post = sf.posteriordb.load("eight_schools")
+    model = sf.score.ResidualScore(sf.ScoreMLP(post.dim, generator=torch.Generator().manual_seed(0)), post)
+    res = sf.sample(post, method="sbtm", n=2000, t_final=30.0, save_every=3000, score_model=model)
+    c = post.compare(res, metric="energy")
+    print(f"eight_schools, ResidualScore: max mean error {c['max_mean_error']:.3f}, max sd error {c['max_sd_error']:.3f}, "
+          f"energy ratio {c['ratio']:.2f}")
+    assert res.info["training"] == "flow" and torch.isfinite(res.particles).all()
+    assert c["max_mean_error"] <= 0.1 and c["max_sd_error"] <= 0.1
+    assert c["ratio"] <= 1.5
 
 
 def test_54_quick_with_the_flow():

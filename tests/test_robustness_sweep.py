@@ -120,3 +120,20 @@ def test_a_float32_step_size_underflow_suggests_float64():
     # 1e-3); in float64 it runs (n = 500: Var X_1 = 0.8948, exact 0.8892)
     with pytest.raises(sf.SamplingError, match="'dopri8': step size underflow .*or run in dtype=torch.float64"):
         sf.sample(T1, method="sbtm", init=I1, n=200, t_final=0.25, solver="dopri8", seed=0)
+
+
+def test_a_collapsed_score_network_stops_the_run():
+    # gmm40-50d, n = 300, the flow at η = 5: every hidden unit saturates, s_Θ → 0 (loss exactly 0)
+    # by t = 0.2 and the particles follow ∇log π alone; before, the run returned them with sd 0.37
+    # at t = 1 where ULA and the discrete training keep ≈ 1.0
+    target = sf.targets.benchmarks.gmm40(50)
+    with pytest.raises(sf.SamplingError, match="score network collapsed at t=0.2: mean \\|s_Θ\\|² = .*\\(Cramér–Rao\\)"):
+        sf.sample(target, method="sbtm", n=300, t_final=0.2, save_every=20, seed=0)
+
+
+def test_the_collapse_guard_passes_a_fitted_network():
+    # the same target with the discrete training: mean |s_Θ|² ≈ 47 against the bound d²/tr Cov ≈ 70
+    # (an underfitted but working network stays far above 1 % of it)
+    res = sf.sample(sf.targets.benchmarks.gmm40(50), method="sbtm", training="steps", n=300, t_final=0.2,
+                    save_every=20, seed=0)
+    assert torch.isfinite(res.particles).all() and float(res.particles.std(0).min()) > 0.9
