@@ -1,9 +1,11 @@
 """posteriordb eight_schools with the coupled flow: the plain score network against the tail-anchored
 ``ResidualScore`` s = ∇log π + r_Θ (README "η and stiffness"; issue 10).
 
-  python benchmarks/residual_8s.py run KIND N T [ETA] # KIND plain|residual: errors vs the reference, s = log τ quantiles, rkc
+  python benchmarks/residual_8s.py run KIND N T [ETA [THETA_FLOW]]   # KIND plain|residual: errors vs the reference,
+                                                      # s = log τ quantiles, rkc; ETA "-": the default
   python benchmarks/residual_8s.py tail N T           # residual: the particle with the largest final s, along the run
   python benchmarks/residual_8s.py ula                 # ULA (dt = 0.03, float64, n = 2000): errors at t = 10, 20, 30
+  python benchmarks/residual_8s.py slowmode            # N((4.4, 0), diag(11, 1)) from N(0, I): the mean vs e^{-t/11}
   python benchmarks/residual_8s.py gauss51            # §5.1 (analytic f_t): variance and F^n errors, plain vs residual
 
 Flow defaults apart from n, t_final and the network (rkc, η = 5, dt = 0.01, seed 0).
@@ -40,7 +42,7 @@ def _rounded(d: dict) -> dict:
     return {k: round(v, 3) for k, v in d.items()}
 
 
-def run(kind: str, n: str, t_final: str, eta: str | None = None) -> None:
+def run(kind: str, n: str, t_final: str, eta: str | None = None, theta_flow: str | None = None) -> None:
     post = sf.posteriordb.load("eight_schools")
     ref = torch.log(post.reference_chains()[..., -1].reshape(-1))
     print(f"reference s = log tau: quantiles .5/.9/.99 {_quantiles(ref)}, max of {ref.numel()} {float(ref.max()):.2f}")
@@ -48,9 +50,10 @@ def run(kind: str, n: str, t_final: str, eta: str | None = None) -> None:
     t0 = time.perf_counter()
     try:
         res = sf.sample(post, method="sbtm", n=int(n), t_final=float(t_final), save_every=100,
-                        **({} if model is None else {"score_model": model}), **({} if eta is None else {"eta": float(eta)}))
+                        **({} if model is None else {"score_model": model}), **({} if eta in (None, "-") else {"eta": float(eta)}),
+                        **({} if theta_flow is None else {"theta_flow": theta_flow}))
     except sf.SamplingError as e:
-        print(f"{kind} n={n} T={t_final}: stopped after {time.perf_counter() - t0:.0f} s: {str(e)[:240]}")
+        print(f"{kind} n={n} T={t_final} eta={eta} theta_flow={theta_flow}: stopped after {time.perf_counter() - t0:.0f} s: {str(e)[:240]}")
         return
     for k in range(0, len(res.times), max(1, len(res.times) // 10)):
         s = res.trajectory[k, :, -1]
@@ -59,7 +62,8 @@ def run(kind: str, n: str, t_final: str, eta: str | None = None) -> None:
                                       f"energy ratio {ck['ratio']:.2f}")
         print(f"t={float(res.times[k]):5.1f}: s quantiles {_quantiles(s)}, max {float(s.max()):.2f}{errs}", flush=True)
     c = post.compare(res, metric="energy")
-    print(f"{kind} n={n} T={t_final}: max mean error {c['max_mean_error']:.3f}, max sd error {c['max_sd_error']:.3f} "
+    print(f"{kind} n={n} T={t_final} eta={eta} theta_flow={theta_flow}: max mean error {c['max_mean_error']:.3f}, "
+          f"max sd error {c['max_sd_error']:.3f} "
           f"(tau: {c['mean_error']['tau']:.3f} / {c['sd_error']['tau']:.3f}), energy ratio {c['ratio']:.2f}, "
           f"NFE {res.nfe}, rkc {res.info.get('rkc')}, {time.perf_counter() - t0:.0f} s")
 
@@ -94,6 +98,18 @@ def ula() -> None:
               f"energy ratio {c['ratio']:.2f}")
 
 
+def slowmode() -> None:
+    """A Gaussian with eight_schools' μ scale: the flow's mean against the exact 4.4 + (m₀ − 4.4)e^{−t/11}."""
+    target = sf.Gaussian(torch.tensor([4.4, 0.0]), torch.diag(torch.tensor([11.0, 1.0])))
+    for kind in ("plain", "residual"):
+        model = network(kind, target, 2)
+        res = sf.sample(target, n=1000, t_final=30.0, save_every=500, seed=0, **({} if model is None else {"score_model": model}))
+        m0 = float(res.trajectory[0][:, 0].mean())
+        rows = [(float(t), round(float(x[:, 0].mean()), 3), round(4.4 + (m0 - 4.4) * math.exp(-float(t) / 11), 3))
+                for t, x in zip(res.times[1:], res.trajectory[1:])]
+        print(f"{kind}: (t, mean, exact) {rows}, NFE {res.nfe}")
+
+
 def gauss51() -> None:
     target = sf.Gaussian(torch.zeros(1), torch.eye(1))
     init = sf.Gaussian(torch.zeros(1), (1 - math.exp(-0.2)) * torch.eye(1))
@@ -112,4 +128,4 @@ def gauss51() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, *args = sys.argv[1:] or ["gauss51"]
-    {"run": run, "tail": tail, "ula": ula, "gauss51": gauss51}[cmd](*args)
+    {"run": run, "tail": tail, "ula": ula, "slowmode": slowmode, "gauss51": gauss51}[cmd](*args)
