@@ -272,6 +272,9 @@ class Posterior(Target):
 # eight schools, non-centred
 # ----------------------------------------------------------------------------------------
 class _EightSchools(Posterior):
+    #: the neck of τ's funnel (z-curvature τ²/σⱼ²): the flow's default network is a ResidualScore
+    anchored_score = True
+
     def __init__(self, name: str, data: dict):
         super().__init__(name)
         J = int(data["J"])

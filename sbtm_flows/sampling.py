@@ -124,7 +124,8 @@ METHODS["sbtm"] = run_sbtm
 def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, device, scaled: bool = False) -> torch.nn.Module:
     """The configured score network (default: :class:`ScoreMLP` drawn from ``gen``, in
     ``ScaledScore(net, path.scale)`` on a dilation path for the discrete training and, when
-    ``scaled`` (an η schedule that ``absorbs_loss_scale``), for the flow), checked on X₀."""
+    ``scaled`` (an η schedule that ``absorbs_loss_scale``), for the flow; for the flow on a target
+    with ``anchored_score``, a :class:`ResidualScore` around it), checked on X₀."""
     model = cfg.score.model
     if model is None:
         model = ScoreMLP(path.dim, cfg.score.hidden, cfg.score.activation, generator=gen, dtype=dtype)
@@ -132,6 +133,8 @@ def _score_network(cfg, path: Path, x0: Tensor, gen: torch.Generator, dtype, dev
             # a path that dilates space: learn in its coordinates (see ScaledScore; with a fixed η
             # the flow's loss curvature in Θ would grow like 1/c(t)², which a TrackingEta absorbs)
             model = ScaledScore(model, path.scale)
+        elif cfg.training == "flow" and getattr(getattr(path, "target", None), "anchored_score", False):
+            model = ResidualScore(model, path)  # the target asks for it (Target.anchored_score)
     model = model.to(device=device, dtype=dtype)
     _check_score_model(model, x0, cfg.t0)
     return model

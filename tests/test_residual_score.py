@@ -113,3 +113,21 @@ def test_bad_input():
     res = sf.sample(TARGET, init=INIT, n=50, t_final=0.02, dt=0.01, score_model=residual_model())
     with pytest.raises(ValueError, match="pass the run's target"):
         res.score_model()
+
+
+class _AnchoredGaussian(sf.Gaussian):
+    anchored_score = True
+
+
+def test_a_target_that_asks_for_an_anchored_score_gets_a_residual_network_for_the_flow():
+    """``Target.anchored_score`` (set by posteriordb's eight_schools) makes the flow's default network a
+    ResidualScore; the discrete training, an unmarked target and a user's ``score_model`` are unaffected."""
+    tgt = _AnchoredGaussian(torch.zeros(1), torch.eye(1))
+    kw = dict(init=INIT, n=100, t_final=0.05, dt=0.01, seed=3)
+    res = sf.sample(tgt, **kw)
+    assert res.score_config.get("residual") is True and isinstance(res.score_model(target=tgt), ResidualScore)
+    assert "residual" not in sf.sample(tgt, training="steps", **kw).score_config
+    assert "residual" not in sf.sample(TARGET, **kw).score_config
+    mine = ScoreMLP(1, generator=torch.Generator().manual_seed(9))
+    assert "residual" not in sf.sample(tgt, score_model=mine, **kw).score_config
+    assert sf.posteriordb.load("eight_schools").anchored_score and not sf.posteriordb.load("arK").anchored_score

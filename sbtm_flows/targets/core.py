@@ -101,6 +101,12 @@ class Target(torch.nn.Module):
 
     dim: int
     log_Z: float | None = None
+    #: Whether SBTM's default network is anchored to this target's score
+    #: (:class:`~sbtm_flows.score.ResidualScore`, s = ∇log π + r_Θ, particle velocity −r_Θ).
+    #: A target sets it when its curvature varies over orders of magnitude — a funnel's neck,
+    #: where a plain network's velocity ∇log π − s_Θ is stiff and pushes lone tail particles
+    #: outward (README "η and stiffness", eight_schools).  A user's ``score_model`` overrides it.
+    anchored_score: bool = False
 
     def log_prob(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """log π(x) up to a constant, ``(n, d) -> (n,)``."""
