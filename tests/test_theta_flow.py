@@ -2,6 +2,8 @@
 its state layout, the preconditioned stiffness estimate and the configuration checks."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,9 @@ import sbtm_flows as sf
 from sbtm_flows.eta import DecayingEta, as_eta
 from sbtm_flows.stiffness import hessian_max_eigenvalue
 from sbtm_flows.theta_flow import DEFAULT_ETA, GradientFlow, RMSpropFlow, resolve_theta_flow
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flow_cases import dense_preconditioned_curvature  # noqa: E402
 
 D64 = torch.float64
 
@@ -82,16 +87,8 @@ def test_preconditioned_curvature_matches_dense_eigenvalue():
     tgt, net, flow, x = _flow(per="tensor", hidden=(3,))
     y = flow.initial_state(x)
     flow.aux(y).copy_(torch.log(torch.tensor([4e-2, 1e-4, 2.5e-3, 9e-6], dtype=D64) + 1e-6))
-    theta = sf.score.flatten_params(net)
-
-    def loss(th):
-        return sf.losses.implicit_score_matching(lambda z: torch.func.functional_call(net, sf.score.unflatten_params(net, th), (z,)), x)[0]
-
-    H = torch.autograd.functional.hessian(loss, theta)
-    d = flow.preconditioner(y).sqrt()
-    dense = float(torch.linalg.eigvalsh(d[:, None] * H * d[None, :]).max())
-    plain = float(torch.linalg.eigvalsh(H).max())
-    lam = hessian_max_eigenvalue(flow, y, iters=theta.numel(), generator=torch.Generator().manual_seed(0))
+    dense, plain = dense_preconditioned_curvature(net, x, flow, y)
+    lam = hessian_max_eigenvalue(flow, y, iters=sf.score.flatten_params(net).numel(), generator=torch.Generator().manual_seed(0))
     assert lam == pytest.approx(dense, rel=1e-6) and abs(dense - plain) > 0.5 * plain  # (D changes it)
 
 
