@@ -515,7 +515,7 @@ class SBTMFlow(_Base):
         """The state y ``(len,)`` with A re-estimated from its (X, Θ) at time t, for a Θ dynamics
         whose auxiliary state is refreshed piecewise (``theta_flow.refresh_every``, :class:`DiagGNFlow`);
         y itself otherwise."""
-        if getattr(self.theta_flow, "refresh_every", None) is None:
+        if self.theta_flow.refresh_every is None:
             return y
         x, theta = self.split(y)
         y = y.clone()

@@ -341,7 +341,7 @@ class SBTMSampler:
         """Steps between refreshes of the Θ dynamics' auxiliary state (``None``: never)."""
         if self.cfg.training != "flow":
             return None
-        return getattr(self.dyn.theta_flow, "refresh_every", None)
+        return self.dyn.theta_flow.refresh_every
 
     def _refresh_aux(self, y: Tensor, t: float, k: int) -> Tensor:
         """y with a piecewise-refreshed Θ-dynamics state (DiagGNFlow's D) re-estimated at t on the

@@ -64,6 +64,9 @@ class GradientFlow:
     """dΘ/dt = −η ∇_Θ L (no auxiliary state): the coupled flow of the paper's analysis."""
 
     name = "gd"
+    #: Integration steps between refreshes of a piecewise-constant auxiliary state (``None``: none;
+    #: :class:`~sbtm_flows.diag_flow.DiagGNFlow` has one).
+    refresh_every: int | None = None
 
     def aux_size(self, sizes: list[int]) -> int:
         """Length of the auxiliary state for parameter tensors of ``sizes`` (numels): 0."""
@@ -100,6 +103,8 @@ class RMSpropFlow:
     """
 
     name = "rmsprop"
+    #: the moments evolve in the ODE; nothing is refreshed between steps
+    refresh_every: int | None = None
 
     def __init__(self, tau: float = 1.0, eps: float = 1e-4, per: str = "tensor"):
         for key, val in (("tau", tau), ("eps", eps)):
