@@ -46,7 +46,7 @@ from .losses import CHUNK, divergence, make_probes, map_rows, resolve_divergence
 from .paths import Path, as_path
 from .paths import time_float as _tfloat
 from .score import at_time, flatten_params, functional_score, make_optimizer, unflatten_params
-from .theta_flow import DiagGNFlow, GradientFlow, RMSpropFlow, resolve_theta_flow
+from .theta_flow import DiagGNFlow, GradientFlow, KFACFlow, RMSpropFlow, resolve_theta_flow
 
 #: Default number of particles in the score loss (``batch`` of ``sample``): see README "Scale".
 DEFAULT_BATCH = 4096
@@ -440,7 +440,7 @@ class SBTMFlow(_Base):
         holdout_generator: torch.Generator | None = None,
         max_nfe: int | None = None,
         reject_nonfinite: bool = False,
-        theta_flow: str | GradientFlow | RMSpropFlow | DiagGNFlow = "gd",
+        theta_flow: str | GradientFlow | RMSpropFlow | DiagGNFlow | KFACFlow = "gd",
     ):
         super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
                          holdout, holdout_generator, max_nfe, reject_nonfinite)
@@ -522,8 +522,9 @@ class SBTMFlow(_Base):
         self.aux(y).copy_(self.initial_aux(x, theta.detach(), t))
         return y
 
-    def preconditioner(self, y: Tensor) -> Tensor | None:
-        """D ``(P,)`` with dΘ/dt ≈ −η·D·∇_Θ L at state y (``None``: the identity, ``"gd"``)."""
+    def preconditioner(self, y: Tensor) -> Tensor | Callable[[Tensor], Tensor] | None:
+        """D ``(P,)`` with dΘ/dt ≈ −η·D·∇_Θ L at state y (``None``: the identity, ``"gd"``), or for a
+        non-diagonal M (``"kfac"``) the map q ↦ M^{1/2} q ``(P,) -> (P,)``."""
         return self.theta_flow.preconditioner(self.aux(y).detach())
 
     def split(self, y: Tensor) -> tuple[Tensor, Tensor]:

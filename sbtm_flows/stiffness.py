@@ -101,7 +101,8 @@ def hessian_max_eigenvalue(
 
     With a preconditioned Θ flow (dΘ/dt ≈ −η·D·∇_Θ L, ``theta_flow="rmsprop"``) the Θ block's
     Jacobian is −η·D·∇²_Θ L, whose eigenvalues are those of D^{1/2} ∇²_Θ L D^{1/2}: that
-    symmetric matrix is the one estimated (D from the state y).
+    symmetric matrix is the one estimated (D from the state y; for a non-diagonal M, as
+    ``theta_flow="kfac"``, M^{1/2} ∇²_Θ L M^{1/2}).
     """
     x, theta = flow.split(y)
     hvp = _preconditioned(flow.hvp(flow.training_rows(x.detach())[0], theta, t), flow, y)
@@ -139,11 +140,14 @@ def hessian_max_eigenvalue(
 
 
 def _preconditioned(hvp, flow, y: Tensor):
-    """q ↦ D^{1/2}·∇²_Θ L·D^{1/2}·q for the Θ flow's preconditioner D at state y (``hvp``
-    itself when D is the identity)."""
+    """q ↦ R·∇²_Θ L·R·q with R the symmetric square root of the Θ flow's preconditioner at state
+    y: D^{1/2} for a diagonal D ``(P,)``, the map itself when the preconditioner is a callable
+    q ↦ M^{1/2} q (:class:`~sbtm_flows.kfac_flow.KFACFlow`); ``hvp`` itself for the identity."""
     d = flow.preconditioner(y)
     if d is None:
         return hvp
+    if callable(d):
+        return lambda q: d(hvp(d(q)))
     root = d.sqrt()
     return lambda q: root * hvp(root * q)
 

@@ -41,6 +41,12 @@ one with a comparable network speed.
 Gauss–Newton diagonal, refreshed every few steps from the particles (A = log D, dA/dt = 0;
 :mod:`sbtm_flows.diag_flow`); its default η is ``"track"``.
 
+``"kfac"`` — :class:`~sbtm_flows.kfac_flow.KFACFlow`: dΘ/dt = −η M ∇_Θ L with M the damped
+Kronecker-factored (K-FAC) inverse of each layer's Gauss–Newton block, refreshed like ``"diag"``
+(A = the factors' eigendecompositions, dA/dt = 0; :mod:`sbtm_flows.kfac_flow`); default η ``"track"``.
+Its :meth:`~sbtm_flows.kfac_flow.KFACFlow.preconditioner` is not a diagonal D but the map
+q ↦ M^{1/2} q (the stiffness estimate accepts either).
+
 A preconditioned flow is still a gradient flow of L in the metric D⁻¹ (dL/dt = −η gᵀDg ≤ 0 at
 fixed particles), so it has the same fixed points as ``"gd"``; what changes is how fast the
 directions of small curvature relax, hence how far s_Θ lags the moving law f_t (README, η and
@@ -56,6 +62,7 @@ import torch
 from torch import Tensor
 
 from .diag_flow import DiagGNFlow
+from .kfac_flow import KFACFlow
 
 __all__ = ["GradientFlow", "RMSpropFlow", "THETA_FLOWS", "DEFAULT_ETA", "resolve_theta_flow"]
 
@@ -81,7 +88,9 @@ class GradientFlow:
         return -eta * grad, aux.new_zeros(0)
 
     def preconditioner(self, aux: Tensor) -> Tensor | None:
-        """D with dΘ/dt ≈ −η D g: ``None`` (the identity)."""
+        """D with dΘ/dt ≈ −η D g: ``None`` (the identity).  A Θ dynamics returns a diagonal D
+        ``(P,)`` or, for a non-diagonal M (:class:`~sbtm_flows.kfac_flow.KFACFlow`), a callable
+        q ↦ M^{1/2} q ``(P,) -> (P,)`` applying its symmetric square root."""
         return None
 
     def config(self) -> dict:
@@ -157,20 +166,20 @@ class RMSpropFlow:
 
 #: η when none is given: a rate per unit curvature for "gd", a speed (parameter units per unit
 #: time, per tensor in RMS) for "rmsprop".
-DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track"}
+DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track", "kfac": "track"}
 
 #: name -> the Θ dynamics with its default parameters.
-THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow}
+THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow, "kfac": KFACFlow}
 
 
-def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow:
-    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` (default parameters) or an instance, as an instance.
+def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow | KFACFlow:
+    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` / ``"kfac"`` (default parameters) or an instance, as an instance.
 
     Raises:
         ValueError: any other value (names the valid ones)."""
-    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow)):
+    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow, KFACFlow)):
         return copy.copy(spec)  # (aux_size binds it to a network)
     if isinstance(spec, str) and spec in THETA_FLOWS:
         return THETA_FLOWS[spec]()
     raise ValueError(f"theta_flow must be one of {', '.join(repr(k) for k in THETA_FLOWS)} or a GradientFlow / "
-                     f"RMSpropFlow / DiagGNFlow instance, got {spec!r}")
+                     f"RMSpropFlow / DiagGNFlow / KFACFlow instance, got {spec!r}")
