@@ -150,6 +150,8 @@ class KFACFlow:
     Args:
         delta: δ > 0, the damping γ relative to the mean Gauss–Newton diagonal (bounds M's
             eigenvalues by ≈ 1/γ).
+        power: p ∈ (0, 1]: the flow uses M^p (1: the K-FAC natural gradient; ½ the square
+            root, as DiagGNFlow's ``power``).
         every: integration steps between refreshes of M (a fixed-grid solver; an adaptive one
             refreshes at output times).
         chunk: particles per forward/backward block when estimating the factors.
@@ -157,13 +159,15 @@ class KFACFlow:
 
     name = "kfac"
 
-    def __init__(self, delta: float = 1e-3, every: int = 10, chunk: int = 4096):
+    def __init__(self, delta: float = 1e-3, every: int = 10, chunk: int = 4096, power: float = 1.0):
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power <= 1:
+            raise ValueError(f"KFACFlow: power must be in (0, 1], got {power!r}")
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (math.isfinite(delta) and delta > 0):
             raise ValueError(f"KFACFlow: delta must be a positive finite number, got {delta!r}")
         for key, val in (("every", every), ("chunk", chunk)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"KFACFlow: {key} must be an integer >= 1, got {val!r}")
-        self.delta, self.every, self.chunk = float(delta), every, chunk
+        self.delta, self.every, self.chunk, self.power = float(delta), every, chunk, float(power)
         self.shapes: list[tuple[int, int]] = []  # (out, in) per layer, set by aux_size
 
     @property
@@ -232,17 +236,17 @@ class KFACFlow:
         return torch.cat(out)
 
     def rates(self, grad: Tensor, aux: Tensor, eta: float) -> tuple[Tensor, Tensor]:
-        """``(dΘ/dt (P,), dA/dt (n_aux,))`` = ``(−η M g, 0)``."""
-        return -eta * self.apply(aux, grad), torch.zeros_like(aux)
+        """``(dΘ/dt (P,), dA/dt (n_aux,))`` = ``(−η M^p g, 0)``."""
+        return -eta * self.apply(aux, grad, self.power), torch.zeros_like(aux)
 
     def preconditioner(self, aux: Tensor) -> Callable[[Tensor], Tensor]:
-        """q ↦ M^{1/2} q ``(P,) -> (P,)``, the symmetric square root (the stiffness estimate's
-        M^{1/2}∇²_Θ L M^{1/2})."""
-        return lambda q: self.apply(aux, q, 0.5)
+        """q ↦ M^{p/2} q ``(P,) -> (P,)``, the symmetric square root of the flow's M^p (the stiffness
+        estimate's M^{p/2}∇²_Θ L M^{p/2})."""
+        return lambda q: self.apply(aux, q, 0.5 * self.power)
 
     def config(self) -> dict:
         """JSON form (``result.config``, metrics)."""
-        return {"name": self.name, "delta": self.delta, "every": self.every}
+        return {"name": self.name, "delta": self.delta, "every": self.every, "power": self.power}
 
     def __repr__(self) -> str:
-        return f"KFACFlow(delta={self.delta}, every={self.every})"
+        return f"KFACFlow(delta={self.delta}, every={self.every}, power={self.power})"

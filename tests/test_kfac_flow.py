@@ -26,11 +26,11 @@ T = 0.3
 HIDDEN = 5
 
 
-def _flow(kind="plain", n=7, delta=1e-2, eta=0.7, hidden=HIDDEN):
+def _flow(kind="plain", n=7, delta=1e-2, eta=0.7, hidden=HIDDEN, power=1.0):
     tgt = sf.Gaussian(torch.tensor([0.5, -1.0], dtype=D64), torch.eye(2, dtype=D64) * 0.7)
     net = sf.ScoreMLP(2, (hidden,), "tanh", generator=torch.Generator().manual_seed(0), dtype=D64)
     model = {"plain": net, "scaled": ScaledScore(net, lambda t: 0.5 + t), "residual": ResidualScore(net, tgt)}[kind]
-    flow = sf.SBTMFlow(tgt, model, eta=eta, theta_flow=KFACFlow(delta=delta, chunk=3))
+    flow = sf.SBTMFlow(tgt, model, eta=eta, theta_flow=KFACFlow(delta=delta, chunk=3, power=power))
     x = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=D64)
     return tgt, net, model, flow, x
 
@@ -108,20 +108,24 @@ def _dense_m(net, flow, x, delta, c=1.0):
     return m
 
 
-@pytest.mark.parametrize("kind", ["plain", "scaled"])
-def test_kfac_rhs_and_square_root_against_a_dense_m(kind):
-    # dΘ/dt = −η M ∇_Θ L, dA/dt = 0; the preconditioner applies M^{1/2}
-    tgt, net, model, flow, x = _flow(kind, delta=0.05)
+def _matrix_power(m, p):
+    evals, evecs = torch.linalg.eigh(m)
+    return evecs @ torch.diag(evals**p) @ evecs.T
+
+
+@pytest.mark.parametrize("kind, power", [("plain", 1.0), ("scaled", 1.0), ("plain", 0.5)])
+def test_kfac_rhs_and_square_root_against_a_dense_m(kind, power):
+    # dΘ/dt = −η M^p ∇_Θ L, dA/dt = 0; the preconditioner applies M^{p/2}
+    tgt, net, model, flow, x = _flow(kind, delta=0.05, power=power)
     y = flow.initial_state(x, t0=T)
-    m = _dense_m(net, flow, x, 0.05, c=0.5 + T if kind == "scaled" else 1.0)
+    m = _matrix_power(_dense_m(net, flow, x, 0.05, c=0.5 + T if kind == "scaled" else 1.0), power)
     loss = implicit_score_matching(at_time(model, T), x)[0]
     grad = torch.cat([u.reshape(-1) for u in torch.autograd.grad(loss, list(model.parameters()))])
     dy = flow(torch.tensor(T, dtype=D64), y)
     nd, P = x.numel(), flow.n_params
     torch.testing.assert_close(dy[nd : nd + P], -0.7 * m @ grad, rtol=1e-9, atol=1e-12)
     assert torch.equal(dy[nd + P :], torch.zeros(flow.n_aux, dtype=D64)) and flow.n_aux == (9 + 3 + 25 + 5) + (36 + 6 + 4 + 2)
-    evals, evecs = torch.linalg.eigh(m)
-    root = evecs @ torch.diag(evals.sqrt()) @ evecs.T
+    root = _matrix_power(m, 0.5)
     q = torch.randn(P, generator=torch.Generator().manual_seed(2), dtype=D64)
     torch.testing.assert_close(flow.preconditioner(y)(q), root @ q, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(flow.refresh_aux(y, T), y, rtol=0, atol=0)  # same (X, Θ, t): same factors
@@ -143,7 +147,7 @@ def test_kfac_run_resumes_bitwise(tmp_path):
               theta_flow=KFACFlow(every=3))
     full, resumed, k = interrupt_and_resume(target, tmp_path / "ck.pt", checkpoint_every=1, **kw)
     assert k > 0 and torch.equal(resumed.particles, full.particles) and torch.equal(resumed.thetas, full.thetas)
-    assert full.info["theta_flow"] == {"name": "kfac", "delta": 1e-3, "every": 3}
+    assert full.info["theta_flow"] == {"name": "kfac", "delta": 1e-3, "every": 3, "power": 1.0}
     assert full.info["eta_schedule"]["refreshes"] >= 6 and DEFAULT_ETA["kfac"] == "track"
 
 
@@ -157,7 +161,8 @@ def test_an_adaptive_solver_runs_the_kfac_flow():
     assert isinstance(resolve_theta_flow("kfac"), KFACFlow)
 
 
-@pytest.mark.parametrize("bad", [dict(delta=0.0), dict(delta=-1.0), dict(delta=math.nan), dict(every=0), dict(chunk=0)])
+@pytest.mark.parametrize("bad", [dict(delta=0.0), dict(delta=-1.0), dict(delta=math.nan), dict(every=0), dict(chunk=0),
+                                 dict(power=0.0), dict(power=1.5)])
 def test_kfac_rejects_bad_settings(bad):
     with pytest.raises(ValueError, match=f"KFACFlow: {next(iter(bad))}"):
         KFACFlow(**bad)
