@@ -37,6 +37,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -87,8 +88,9 @@ class MALAState:
     """Everything a MALA run needs to continue: chains ``x (n, d)``, ``logp (n,)`` = log π(x),
     ``grad (n, d)`` = ∇log π(x), iterations done ``it``, the current log step ``log_h``, the
     dual-averaging state (``h_bar``: H̄, ``log_h_avg``: log h̄), acceptance sums (over the
-    current output interval and over all post-warm-up iterations), score evaluations and the
-    generator state."""
+    current output interval and over all post-warm-up iterations), score evaluations, the count of
+    proposals where the target was undefined (``n_undefined``: log π NaN or +inf, or ∇log π
+    non-finite where log π is finite) and the generator state."""
 
     x: Tensor
     logp: Tensor
@@ -102,6 +104,7 @@ class MALAState:
     acc_frozen: float = 0.0
     it_frozen: int = 0
     n_eval: int = 1
+    n_undefined: int = 0
     rng_state: Tensor = field(default_factory=lambda: torch.Generator().get_state())
 
 
@@ -168,6 +171,7 @@ class MALA:
         xi = torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
         y = x + h * state.grad + math.sqrt(2 * h) * xi
         ly, gy = self._evaluate(y)
+        state.n_undefined += int((torch.isnan(ly) | torch.isposinf(ly) | (torch.isfinite(ly) & ~torch.isfinite(gy).all(-1))).sum())
         gy = torch.where(torch.isfinite(gy), gy, torch.zeros_like(gy))
         la = mala_log_alpha(x, state.grad, state.logp, y, gy, ly, h)
         u = torch.rand(x.shape[0], generator=self.generator, dtype=x.dtype).to(x.device)
@@ -218,11 +222,18 @@ class MALA:
 
     def finish(self, state: MALAState, packed: dict, info: dict) -> dict:
         """Adds the frozen step size, the post-warm-up acceptance rate and the evaluation counts
-        to ``info``; no extra Result fields."""
+        to ``info``; no extra Result fields.  Proposals where the target was undefined (log π NaN or
+        +inf, or a non-finite score) were rejected as zero density: their count is
+        ``info["undefined_proposals"]``, with a warning when there were any."""
         info["step_size"] = self.step_size(state)
         info["warmup"] = self.config.warmup
         info["acceptance"] = state.acc_frozen / state.it_frozen if state.it_frozen else float("nan")
         info["log_prob_evaluations"] = state.n_eval
+        info["undefined_proposals"] = state.n_undefined
+        if state.n_undefined:
+            warnings.warn(f"MALA: the target's log π or score was NaN/+inf at {state.n_undefined} proposals (of "
+                          f"{state.it * state.x.shape[0]}); they were rejected as zero density. Check the target there",
+                          RuntimeWarning, stacklevel=2)
         return {}
 
     def state_dict(self, state: MALAState) -> dict:

@@ -314,16 +314,22 @@ class RKC(FixedGridODESolver):
     requested times, or ``step_size``).
 
     Options: ``spectral`` (a :class:`SpectralRadius`, kept across calls so its estimate is
-    warm-started; default a fresh one), or ``stages`` (a fixed stage count, no estimate)."""
+    warm-started; default a fresh one), ``max_stages`` (sets that estimator's stage cap), or
+    ``stages`` (a fixed stage count, no estimate)."""
 
     order = 2
 
-    def __init__(self, func, y0, spectral: SpectralRadius | None = None, stages: int | None = None, **kwargs):
+    def __init__(self, func, y0, spectral: SpectralRadius | None = None, stages: int | None = None,
+                 max_stages: int | None = None, **kwargs):
         super().__init__(func, y0, **kwargs)
         if stages is not None and int(stages) < 2:
             raise ValueError(f"rkc: stages must be >= 2, got {stages}")
         self.fixed_stages = None if stages is None else int(stages)
         self.spectral = spectral if spectral is not None else SpectralRadius()
+        if max_stages is not None:
+            if isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 2:
+                raise ValueError(f"rkc: max_stages must be an integer >= 2, got {max_stages!r}")
+            self.spectral.max_stages = max_stages
 
     def _step_func(self, func, t0, dt, t1, y0):
         f0 = func(t0, y0)

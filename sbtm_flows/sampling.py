@@ -352,6 +352,21 @@ class SBTMSampler:
         return self.dyn.refresh_aux(y, t)
 
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
+        """Integrate from output time t0 to t1 (:meth:`_integrate`).  A :class:`SamplingError`
+        raised with a piecewise-refreshed Θ preconditioner (``theta_flow="diag"``) also names that
+        preconditioner's refresh interval: between refreshes it goes stale as particles move into
+        features it saw empty (README, η and stiffness)."""
+        try:
+            return self._integrate(state, t0, t1)
+        except SamplingError as e:
+            every = self._aux_every()
+            if not every:
+                raise
+            tf = self.dyn.theta_flow
+            raise SamplingError(f"{e} [theta_flow={tf!r} refreshes its preconditioner every {every} steps and it can go "
+                                f"stale in between: refresh it more often (e.g. every=1), or lower dt]", t=e.t) from e
+
+    def _integrate(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state
         every ``every`` steps: a fixed one-step solver integrates the interval in pieces of that
         many steps (bitwise the same result), however far apart the output times are."""

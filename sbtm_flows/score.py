@@ -198,6 +198,15 @@ class ResidualScore(torch.nn.Module):
         """d."""
         return self.anchor.dim
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(device)``/``.cuda()`` also move the anchor (not a submodule) to the network's
+        device; its dtype is left as it is (the anchor's score is cast to x's dtype)."""
+        out = super()._apply(fn, *args, **kwargs)
+        device = fn(torch.zeros(())).device
+        if isinstance(self.anchor, torch.nn.Module):
+            self.anchor.to(device)
+        return out
+
     def residual(self, x: Tensor) -> Tensor:
         """r_Θ(x) = s(x, t) − ∇log π_t(x), ``(n, d) -> (n, d)``."""
         return self.net(x)

@@ -130,3 +130,16 @@ def test_diag_flow_moves_mass_between_modes_where_gd_does_not():
         out[theta_flow] = (float(w0[corners].mean()), float(w1[corners].mean()))
     assert out["gd"][0] > 0.1 and abs(out["gd"][1] - out["gd"][0]) < 0.005, out
     assert out["diag"][1] < out["diag"][0] - 0.015, out
+
+
+def test_a_stopped_diag_run_names_the_refresh_interval():
+    # rkc refuses the step (ρh far beyond max_stages); with a piecewise-refreshed D the error also
+    # says that D may be stale and how to refresh it more often; the plain flow's does not
+    target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
+    kw = dict(method="sbtm", init=sf.Gaussian(torch.zeros(1), torch.eye(1)), n=60, t_final=0.1, dt=0.01, save_every=2,
+              eta=1e5, solver="rkc", solver_options={"max_stages": 3})
+    with pytest.raises(sf.SamplingError, match=r"max_stages = 3 .*refreshes its preconditioner every 3 steps.*every=1"):
+        sf.sample(target, theta_flow=DiagGNFlow(every=3), **kw)
+    with pytest.raises(sf.SamplingError, match="max_stages = 3") as err:
+        sf.sample(target, **kw)
+    assert "refreshes its preconditioner" not in str(err.value)

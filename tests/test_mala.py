@@ -167,3 +167,23 @@ def test_options_of_other_methods_refused():
         sf.sample(CORR, method="mala", n=10, eta=1.0)
     with pytest.raises(ValueError, match="no option 't_final'"):
         sf.sample(CORR, method="mala", n=10, t_final=2.0)
+
+
+def test_proposals_where_the_target_is_undefined_are_rejected_counted_and_warned():
+    # N(0, 1) whose log π is NaN on x > 1 (an undefined region, not a zero density): MALA rejects
+    # there, so it samples N(0, 1) truncated to x ≤ 1, mean −φ(1)/Φ(1) = −0.2876 (se ≈ 0.8/√n), and
+    # says how often it happened instead of rejecting silently
+    def log_prob(x):
+        lp = -0.5 * (x**2).sum(-1)
+        return torch.where(x[:, 0] > 1, torch.full_like(lp, math.nan), lp)
+
+    tgt = sf.from_log_prob(log_prob, 1, score=lambda x: -x)
+    n = 3000
+    with pytest.warns(RuntimeWarning, match="NaN/\\+inf at [0-9]+ proposals"):
+        res = sf.sample(tgt, method="mala", init=sf.Gaussian(torch.full((1,), -1.0, dtype=F64), 0.25), n=n, steps=300,
+                        warmup=100, step_size=0.5, seed=0, save_every=300)
+    x = res.particles.double()
+    assert float(x.max()) <= 1.0 and res.info["undefined_proposals"] > 0
+    assert abs(float(x.mean()) + 0.2876) < 4 * 0.8 / math.sqrt(n), float(x.mean())
+    clean = sf.sample(CORR, method="mala", n=200, steps=20, warmup=10, seed=0, save_every=20)
+    assert clean.info["undefined_proposals"] == 0

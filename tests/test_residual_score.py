@@ -131,3 +131,23 @@ def test_a_target_that_asks_for_an_anchored_score_gets_a_residual_network_for_th
     mine = ScoreMLP(1, generator=torch.Generator().manual_seed(9))
     assert "residual" not in sf.sample(tgt, score_model=mine, **kw).score_config
     assert sf.posteriordb.load("eight_schools").anchored_score and not sf.posteriordb.load("arK").anchored_score
+
+
+def test_moving_the_network_moves_its_anchor_but_not_its_dtype():
+    # the anchor is not a submodule (its buffers are not network state), yet .to(device) must
+    # carry it along or s = ∇log π_t + r would mix devices; "meta" stands in for a GPU here
+    tgt = sf.Gaussian(torch.tensor([0.5, -1.0]), torch.eye(2))
+    model = ResidualScore(sf.ScoreMLP(2, generator=torch.Generator().manual_seed(0)), tgt).double()
+    assert {b.dtype for b in tgt.buffers()} == {torch.float32}  # dtype left to the anchor
+    model.to("meta")
+    assert {b.device.type for b in tgt.buffers()} == {"meta"} and next(model.parameters()).device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_residual_network_on_cuda():
+    tgt = sf.Gaussian(torch.tensor([0.5, -1.0]), torch.eye(2))
+    net = sf.ScoreMLP(2, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 2)
+    expected = tgt.score(x) + net(x)  # on the CPU, before the move
+    model = ResidualScore(net, tgt).to("cuda")
+    assert torch.allclose(model(x.cuda(), 0.0).cpu(), expected, atol=1e-5)

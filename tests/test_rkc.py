@@ -81,6 +81,19 @@ def test_spectral_radius_estimate_and_stage_limit():
         SpectralRadius(safety=0.5)
 
 
+def test_max_stages_is_an_rkc_option():
+    # the error message tells the user to raise max_stages in solver_options: that option must
+    # reach the estimator (before, torchdiffeq ignored it with an "unexpected arguments" warning)
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    sp = SpectralRadius(generator=torch.Generator().manual_seed(0))
+    with pytest.raises(sf.SamplingError, match="max_stages = 5"):
+        torchdiffeq.odeint(_linear, Y0, t, method="rkc", options={"spectral": sp, "max_stages": 5})
+    y = torchdiffeq.odeint(_linear, Y0, t, method="rkc", options={"spectral": sp, "max_stages": 50})[-1]
+    assert torch.allclose(y, _exact(1.0), rtol=1e-2, atol=1e-4) and sp.max_stages == 50
+    with pytest.raises(ValueError, match="max_stages"):
+        torchdiffeq.odeint(_linear, Y0, t, method="rkc", options={"max_stages": 1})
+
+
 def test_a_step_that_leaves_the_stability_region_is_redone_with_more_stages():
     # an estimate that reads far too low (2 stages for ρh = 200): the stages grow, the step is
     # redone with ⌈1.5 s⌉ stages until it is stable, so the stiff component decays instead of
