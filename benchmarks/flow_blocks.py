@@ -116,7 +116,7 @@ def _theta_flow(spec: str | None):
         return "gd"
     name, *rest = spec.split(":")
     if name == "kfac" and len(rest) <= 3:
-        return KFACFlow(delta=float(rest[0]) if rest else 1e-3, every=int(rest[1]) if len(rest) > 1 else 10,
+        return KFACFlow(delta=float(rest[0]) if rest else 1e-3, every=int(rest[1]) if len(rest) > 1 else 1,
                         power=float(rest[2]) if len(rest) > 2 else 1.0)
     if name != "diag" or len(rest) > 3:
         raise ValueError(f"theta flow spec must be gd, diag[:POWER[:DELTA[:EVERY]]] or kfac[:DELTA[:EVERY[:POWER]]], got {spec!r}")

@@ -180,3 +180,22 @@ def test_kfac_rejects_networks_it_cannot_factor():
     _, _, model, flow, x = _flow()
     with pytest.raises(ValueError, match="x must be"):
         kronecker_factors(flow, x[:0], sf.score.flatten_params(model))
+
+
+@pytest.mark.slow
+def test_kfac_flow_follows_annealed_ula_between_modes():
+    # §5.4's path (λ₀ = 0.1): right after the collapse the corner modes hold N(0, I)'s Voronoi mass
+    # (≈ 0.12 each), which annealed ULA drains to ≈ 0.066 by t = 0.2.  The K-FAC flow follows
+    # (README "η and stiffness": n = 1000, corners 0.0675 at t = 0.2, ULA 0.0658; diag 0.103).
+    target = sf.experiments.make_target("gmm2d")
+    path = sf.Dilation(target, t_final=20.0, lam0=0.1)
+    corners = [i for i, m in enumerate(target.means.tolist()) if abs(m[0]) == abs(m[1]) == 6.0]
+    common = dict(n=400, t_final=0.2, dt=0.01, seed=0, init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=10**9)
+    out = {}
+    for name, kw in (("kfac", dict(method="sbtm", training="flow", theta_flow=KFACFlow(every=1))),
+                     ("ula", dict(method="ula", sde_solver="euler"))):
+        res = sf.sample(path, **common, **kw)
+        w0, w1 = (sf.metrics.mode_weights(res.trajectory[i] / path.scale(float(res.times[i])), target.means) for i in (0, -1))
+        out[name] = (float(w0[corners].mean()), float(w1[corners].mean()))
+    assert out["kfac"][0] > 0.1 and out["kfac"][1] < out["kfac"][0] - 0.03, out
+    assert abs(out["kfac"][1] - out["ula"][1]) < 0.02, out
