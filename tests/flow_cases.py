@@ -20,3 +20,18 @@ def dense_preconditioned_curvature(net: torch.nn.Module, x: torch.Tensor, flow, 
     pre = flow.preconditioner(y)
     root = torch.stack([pre(e) for e in torch.eye(theta.numel(), dtype=theta.dtype)], 1) if callable(pre) else torch.diag(pre.sqrt())
     return float(torch.linalg.eigvalsh(root @ H @ root).max()), float(torch.linalg.eigvalsh(H).max())
+
+
+def refreshed_flow_runs(tmp_path, resumable, theta_flow: str, eta: float):
+    """``(full, resumed, k, adaptive)`` for a Θ dynamics with a piecewise-refreshed state: an interrupted and
+    resumed run with the instance ``resumable`` (1-D two-mode mixture, n = 60, to t = 0.2) and a dopri5 run
+    of ``theta_flow`` (by name) at η from N(0, 1/4) toward N(0, 1) (n = 80, to t = 0.3)."""
+    from resume_cases import interrupt_and_resume
+
+    target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
+    kw = dict(method="sbtm", init=sf.Gaussian(torch.zeros(1), torch.eye(1)), n=60, t_final=0.2, dt=0.01, save_every=2,
+              theta_flow=resumable)
+    full, resumed, k = interrupt_and_resume(target, tmp_path / "ck.pt", checkpoint_every=1, **kw)
+    adaptive = sf.sample(sf.Gaussian(torch.zeros(1), torch.eye(1)), method="sbtm", init=sf.Gaussian(torch.zeros(1), 0.25 * torch.eye(1)),
+                         n=80, t_final=0.3, dt=0.05, solver="dopri5", theta_flow=theta_flow, eta=eta, save_every=2, seed=1, max_nfe=3000)
+    return full, resumed, k, adaptive
