@@ -19,8 +19,9 @@ K-FAC (Martens & Grosse 2015) replaces the mean of the products by the product o
 which equals G_l in expectation when the inputs ã and the back-propagated b are independent over
 the particles; the factor 2 and the normalisations 1/n, 1/n are the ones for which B ⊗ A has the
 mean of G_l's terms.  It is exact when every particle shows the layer the same ã (one particle, or
-one input column ã_i ≡ ã) or the same Σ_k b b ᵀ: the output layer of an MLP, where b_{ik} = c·e_k
-(c = 1/λ for a :class:`~sbtm_flows.score.ScaledScore`) and B = 2c²·I.  B_l is always exactly G's
+a layer whose input does not vary over the particles) or the same Σ_k b bᵀ: the output layer of an
+MLP, where b_{ik} = e_k/c (c = c(t) of a :class:`~sbtm_flows.score.ScaledScore`, 1 otherwise) and
+B = (2/c²)·I.  B_l is always exactly G's
 bias–bias block (ã's last entry is 1).  The wrappers need no special case: a ``ScaledScore``
 (ŝ(x/c(t))/c(t)) and a ``ResidualScore`` (∇log π_t + r_Θ) are differentiated through by autograd,
 so ã and b are those of the inner network as seen from s at time t.  The factors come from one
@@ -29,7 +30,6 @@ on its own particle only).
 
 Damping (Martens–Grosse factored Tikhonov): G_l + γI is replaced by (B_l + √γ/π_l·I) ⊗ (A_l + π_l√γ·I)
 = B⊗A + γI + π√γ·B⊗I + √γ/π·I⊗A, whose inverse is
-
 
     M_l = (B_l + √γ/π_l·I)^{−1} ⊗ (A_l + π_l√γ·I)^{−1},   π_l² = (tr A_l/(in+1)) / (tr B_l/out),
 
@@ -40,8 +40,9 @@ diagonal, as in :class:`~sbtm_flows.diag_flow.DiagGNFlow`); π_l makes the two c
 
     M_l^p g_l = U_B diag(β^{−p}) U_Bᵀ [g_W | g_b] U_A diag(α^{−p}) U_Aᵀ     (row-major vec),
 
-p = 1 for the rate dΘ/dt = −η M g and p = ½ for the symmetric square root: the Θ block's
-Jacobian −η·M·∇²_Θ L is similar to −η·M^{1/2}∇²_Θ L M^{1/2}, the matrix that ``rkc``'s Lanczos
+the rate dΘ/dt = −η M^p g using p = ``power`` (1, the K-FAC natural gradient, by default) and the
+stiffness estimate the symmetric square root M^{p/2}: the Θ block's Jacobian −η·M^p·∇²_Θ L is
+similar to −η·M^{p/2}∇²_Θ L M^{p/2}, the matrix that ``rkc``'s Lanczos
 monitor and :class:`~sbtm_flows.tracking_eta.TrackingEta` see through :meth:`KFACFlow.preconditioner`.
 
 The auxiliary ODE state is, per layer, (U_A, log α, U_B, log β) with dA/dt = 0 (orthogonal
@@ -56,7 +57,8 @@ out-sized matrices, against DiagGNFlow's per-particle Jacobians.
 Measured (README "η and stiffness", §5.4, ``eta="track"``, refreshed every step): the mode weights
 follow annealed ULA's from the collapse on (TV 0.02–0.04 at n = 1000 for t ≤ 4, where DiagGNFlow
 lags at 0.09–0.17); the full run (n = 4000, T = 20) ends at TV 0.027 to ULA's weights, min mode
-3.35 %, 17 316 NFE.
+3.35 %, 17 316 NFE.  On a coarse grid (dt = 0.05, the experiment's quick schedule) ratio 50 diverged
+in the first steps (λ_max tripled within one step); ratio 10 ran.
 """
 
 from __future__ import annotations
