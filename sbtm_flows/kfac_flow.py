@@ -58,7 +58,7 @@ Measured (README "η and stiffness", §5.4, ``eta="track"``, refreshed every ste
 follow annealed ULA's from the collapse on (TV 0.02–0.04 at n = 1000 for t ≤ 4, where DiagGNFlow
 lags at 0.09–0.17); the full run (n = 4000, T = 20) ends at TV 0.027 to ULA's weights, min mode
 3.35 %, 17 316 NFE.  On a coarse grid (dt = 0.05, the experiment's quick schedule) ratio 50 diverged
-in the first steps (λ_max tripled within one step); ratio 10 ran.
+in the first steps (λ_max tripled within one step); ratio 10 ran, and on the full run gave TV 0.021.
 """
 
 from __future__ import annotations
