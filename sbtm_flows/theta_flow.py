@@ -63,6 +63,7 @@ from torch import Tensor
 
 from .diag_flow import DiagGNFlow
 from .kfac_flow import KFACFlow
+from .tracking_eta import TrackingEta
 
 __all__ = ["GradientFlow", "RMSpropFlow", "THETA_FLOWS", "DEFAULT_ETA", "resolve_theta_flow"]
 
@@ -165,8 +166,11 @@ class RMSpropFlow:
 
 
 #: η when none is given: a rate per unit curvature for "gd", a speed (parameter units per unit
-#: time, per tensor in RMS) for "rmsprop".
-DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track", "kfac": "track"}
+#: time, per tensor in RMS) for "rmsprop", the tracked η for the refreshed preconditioners — for
+#: "kfac" with ratio 10, not 50: on a coarse grid (§5.4's quick schedule, dt = 0.05) λ_max of
+#: M^½∇²_Θ L M^½ can triple within a step, and ratio 50 then overshoots (README, η and stiffness).
+#: An EtaSchedule here is a template: each run gets a deep copy.
+DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track", "kfac": TrackingEta(ratio=10.0)}
 
 #: name -> the Θ dynamics with its default parameters.
 THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow, "kfac": KFACFlow}
