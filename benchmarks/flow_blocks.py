@@ -4,10 +4,10 @@ tracked η (``eta="track"``) gives.  Numbers in README "η and stiffness".
 Run (one at a time, OMP_NUM_THREADS=1, PYTHONPATH=.):
   python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at every rkc refresh
   python benchmarks/flow_blocks.py blocks8s [ETA|track]              # eight_schools, n = 2000, T = 30 (minutes to an hour)
-  python benchmarks/flow_blocks.py full54 RATIO [diag[:P[:DELTA[:EVERY]]]]  # §5.4's schedule, n = 4000, T = 20 (20–60 min)
+  python benchmarks/flow_blocks.py full54 RATIO [diag[:P[:DELTA[:EVERY]]]|gn[:DELTA[:EVERY[:M]]]]  # §5.4's schedule, n = 4000, T = 20
   python benchmarks/flow_blocks.py quick54 SEED [RATIO diag[:POWER]] # quick schedule: flow (track) vs steps vs ULA
   python benchmarks/flow_blocks.py mid54 CFG [N] [T_END]            # §5.4's path (λ₀ = 0.1, T = 20) to T_END (4), n = N (1000):
-                                                                    #   mode weights vs t; CFG ula | steps | gd:RATIO | diag:RATIO[:POWER]
+  #   mode weights vs t; CFG: ula | steps | gd:RATIO | diag:RATIO[:POWER] | gn:RATIO[:DELTA[:EVERY[:M]]]
   python benchmarks/flow_blocks.py tail8s                           # eight_schools: s-velocity of a neck particle
 ρ_X and ρ_Θ are power iterations on the X→X and Θ→Θ diagonal blocks of the right-hand side's
 Jacobian (finite differences), printed with the full ρ of rkc's estimate at each refresh.
@@ -24,6 +24,7 @@ import torch
 import sbtm_flows as sf
 from sbtm_flows.diag_flow import DiagGNFlow
 from sbtm_flows.experiments import make_target
+from sbtm_flows.gn_flow import GNFlow
 from sbtm_flows.metrics import mode_weights, tv_distance
 from sbtm_flows.paths import Dilation
 from sbtm_flows.rkc import SpectralRadius
@@ -108,12 +109,16 @@ def _weights_vs_ula(kw: dict, n: int, t_final: float, dt: float, lam0: float, se
 
 
 def _theta_flow(spec: str | None):
-    """``None``/``"gd"`` -> "gd"; ``"diag[:POWER[:DELTA[:EVERY]]]"`` -> a DiagGNFlow."""
+    """``None``/``"gd"`` -> "gd"; ``"diag[:POWER[:DELTA[:EVERY]]]"`` -> a DiagGNFlow;
+    ``"gn[:DELTA[:EVERY[:M]]]"`` -> a GNFlow (M: G from a subsample of M particles)."""
     if spec is None or spec == "gd":
         return "gd"
     name, *rest = spec.split(":")
+    if name == "gn" and len(rest) <= 3:
+        return GNFlow(delta=float(rest[0]) if rest else 1e-3, every=int(rest[1]) if len(rest) > 1 else 10,
+                      m=int(rest[2]) if len(rest) > 2 else None)
     if name != "diag" or len(rest) > 3:
-        raise ValueError(f"theta flow spec must be gd or diag[:POWER[:DELTA[:EVERY]]], got {spec!r}")
+        raise ValueError(f"theta flow spec must be gd, diag[:POWER[:DELTA[:EVERY]]] or gn[:DELTA[:EVERY[:M]]], got {spec!r}")
     return DiagGNFlow(power=float(rest[0]) if rest else 1.0, delta=float(rest[1]) if len(rest) > 1 else 1e-3,
                       every=int(rest[2]) if len(rest) > 2 else 10)
 

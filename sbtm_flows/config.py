@@ -275,8 +275,10 @@ class SBTMConfig(RunConfig):
             dΘ/dt = −η∇_ΘL), ``"rmsprop"`` (dΘ/dt = −η∇_ΘL/√(v + ε²) with the running second
             moment v of the gradient in the ODE state, per parameter tensor), ``"diag"``
             (dΘ/dt = −η·D·∇_ΘL, D the inverse Gauss–Newton diagonal refreshed every 10 steps;
-            default η ``"track"``; :mod:`sbtm_flows.diag_flow`) or a ``GradientFlow`` /
-            ``RMSpropFlow`` / ``DiagGNFlow`` instance (τ, ε, per tensor or per parameter; power, δ).
+            default η ``"track"``; :mod:`sbtm_flows.diag_flow`), ``"gn"`` (dΘ/dt = −η·(G + δI)⁻¹∇_ΘL,
+            the dense Gauss–Newton matrix, refreshed likewise; :mod:`sbtm_flows.gn_flow`) or a
+            ``GradientFlow`` / ``RMSpropFlow`` / ``DiagGNFlow`` / ``GNFlow`` instance (τ, ε, per
+            tensor or per parameter; power, δ; δ, every, m).
         eta: η of the flow: a number (default 5 for ``"gd"``, ``DEFAULT_ETA["rmsprop"]`` for ``"rmsprop"``), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.stiffness.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an

@@ -101,7 +101,8 @@ def hessian_max_eigenvalue(
 
     With a preconditioned Θ flow (dΘ/dt ≈ −η·D·∇_Θ L, ``theta_flow="rmsprop"``) the Θ block's
     Jacobian is −η·D·∇²_Θ L, whose eigenvalues are those of D^{1/2} ∇²_Θ L D^{1/2}: that
-    symmetric matrix is the one estimated (D from the state y).
+    symmetric matrix is the one estimated (D from the state y); with a factored M = C·Cᵀ
+    (``theta_flow="gn"``) it is Cᵀ ∇²_Θ L C.
     """
     x, theta = flow.split(y)
     hvp = _preconditioned(flow.hvp(flow.training_rows(x.detach())[0], theta, t), flow, y)
@@ -139,11 +140,15 @@ def hessian_max_eigenvalue(
 
 
 def _preconditioned(hvp, flow, y: Tensor):
-    """q ↦ D^{1/2}·∇²_Θ L·D^{1/2}·q for the Θ flow's preconditioner D at state y (``hvp``
-    itself when D is the identity)."""
+    """q ↦ D^{1/2}·∇²_Θ L·D^{1/2}·q for the Θ flow's diagonal preconditioner D ``(P,)`` at state
+    y, q ↦ Cᵀ·∇²_Θ L·C·q for a factored one M = C·Cᵀ (an object with ``root(q)`` = C·q and
+    ``root_t(q)`` = Cᵀ·q, e.g. :class:`~sbtm_flows.gn_flow.CholeskyFactor`; symmetric, similar
+    to M·∇²_Θ L), ``hvp`` itself when M is the identity."""
     d = flow.preconditioner(y)
     if d is None:
         return hvp
+    if not isinstance(d, Tensor):
+        return lambda q: d.root_t(hvp(d.root(q)))
     root = d.sqrt()
     return lambda q: root * hvp(root * q)
 

@@ -41,6 +41,10 @@ one with a comparable network speed.
 Gauss–Newton diagonal, refreshed every few steps from the particles (A = log D, dA/dt = 0;
 :mod:`sbtm_flows.diag_flow`); its default η is ``"track"``.
 
+``"gn"`` — :class:`~sbtm_flows.gn_flow.GNFlow`: dΘ/dt = −η (G + δI)⁻¹ ∇_Θ L with the dense
+Gauss–Newton matrix G (natural gradient), its Cholesky factor refreshed like D and kept outside
+the state (:mod:`sbtm_flows.gn_flow`); default η ``"track"``.
+
 A preconditioned flow is still a gradient flow of L in the metric D⁻¹ (dL/dt = −η gᵀDg ≤ 0 at
 fixed particles), so it has the same fixed points as ``"gd"``; what changes is how fast the
 directions of small curvature relax, hence how far s_Θ lags the moving law f_t (README, η and
@@ -56,6 +60,7 @@ import torch
 from torch import Tensor
 
 from .diag_flow import DiagGNFlow
+from .gn_flow import GNFlow
 
 __all__ = ["GradientFlow", "RMSpropFlow", "THETA_FLOWS", "DEFAULT_ETA", "resolve_theta_flow"]
 
@@ -157,20 +162,20 @@ class RMSpropFlow:
 
 #: η when none is given: a rate per unit curvature for "gd", a speed (parameter units per unit
 #: time, per tensor in RMS) for "rmsprop".
-DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track"}
+DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track", "gn": "track"}
 
 #: name -> the Θ dynamics with its default parameters.
-THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow}
+THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow, "gn": GNFlow}
 
 
-def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow:
-    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` (default parameters) or an instance, as an instance.
+def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow | GNFlow:
+    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` / ``"gn"`` (default parameters) or an instance, as an instance.
 
     Raises:
         ValueError: any other value (names the valid ones)."""
-    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow)):
-        return copy.copy(spec)  # (aux_size binds it to a network)
+    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow, GNFlow)):
+        return copy.copy(spec)  # (aux_size binds it to a network; GNFlow's factor to a run)
     if isinstance(spec, str) and spec in THETA_FLOWS:
         return THETA_FLOWS[spec]()
     raise ValueError(f"theta_flow must be one of {', '.join(repr(k) for k in THETA_FLOWS)} or a GradientFlow / "
-                     f"RMSpropFlow / DiagGNFlow instance, got {spec!r}")
+                     f"RMSpropFlow / DiagGNFlow / GNFlow instance, got {spec!r}")
