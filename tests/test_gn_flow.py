@@ -128,3 +128,12 @@ def test_gn_without_a_factor_says_how_to_get_one():
         flow.rates(torch.zeros(7), torch.zeros(0), 1.0)
     with pytest.raises(RuntimeError, match="estimate"):
         flow.start(torch.zeros(7))
+
+
+def test_a_singular_gauss_newton_matrix_stops_the_run():
+    # Θ with a NaN: G is NaN, Cholesky fails, the refresh stops with a SamplingError naming delta
+    _, net, flow, x = _flow()
+    theta = sf.score.flatten_params(net).clone()
+    theta[0] = float("nan")
+    with pytest.raises(sf.SamplingError, match="delta"):
+        flow.theta_flow.estimate(flow, x, theta, 0.1)
