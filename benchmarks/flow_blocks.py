@@ -2,7 +2,7 @@
 tracked η (``eta="track"``) gives.  Numbers in README "η and stiffness".
 
 Run (one at a time, OMP_NUM_THREADS=1, PYTHONPATH=.):
-  python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at every rkc refresh
+  python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track [THETA_FLOW [T_END]]]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at rkc refreshes
   python benchmarks/flow_blocks.py blocks8s [ETA|track]              # eight_schools, n = 2000, T = 30 (minutes to an hour)
   python benchmarks/flow_blocks.py full54 RATIO [diag[:P[:DELTA[:EVERY]]]|gn[:DELTA[:EVERY[:M]]]]  # §5.4's schedule, n = 4000, T = 20
   python benchmarks/flow_blocks.py quick54 SEED [RATIO diag[:POWER]] # quick schedule: flow (track) vs steps vs ULA
@@ -73,12 +73,12 @@ def _eta(arg: str | None, default: float):
     return default if arg is None else ("track" if arg == "track" else float(arg))
 
 
-def blocks54(net: str, eta_arg: str | None = None) -> None:
+def blocks54(net: str, eta_arg: str | None = None, theta: str | None = None, t_end: str = "2.0") -> None:
     path = Dilation(make_target("gmm2d"), t_final=20.0, lam0=0.1)
     model = ScaledScore(ScoreMLP(2, generator=torch.Generator().manual_seed(0)), path.scale) if net == "scaled" else None
     try:
-        sf.sample(path, method="sbtm", training="flow", n=1000, t_final=2.0, dt=0.01, eta=_eta(eta_arg, 10.0), score_model=model,
-                  init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=10, solver="rkc",
+        sf.sample(path, method="sbtm", training="flow", n=1000, t_final=float(t_end), dt=0.01, eta=_eta(eta_arg, 10.0), score_model=model,
+                  init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=10, solver="rkc", theta_flow=_theta_flow(theta),
                   solver_options={"spectral": BlockReport(2000)})
     except sf.SamplingError as e:
         print("stopped:", str(e)[:200])
