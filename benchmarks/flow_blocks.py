@@ -4,7 +4,8 @@ tracked η (``eta="track"``) gives.  Numbers in README "η and stiffness".
 Run (one at a time, OMP_NUM_THREADS=1, PYTHONPATH=.):
   python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track [THETA_FLOW [T_END]]]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at rkc refreshes
   python benchmarks/flow_blocks.py blocks8s [ETA|track]              # eight_schools, n = 2000, T = 30 (minutes to an hour)
-  python benchmarks/flow_blocks.py full54 RATIO [diag[:P[:DELTA[:EVERY]]]|gn[:DELTA[:EVERY[:M]]]]  # §5.4's schedule, n = 4000, T = 20
+  python benchmarks/flow_blocks.py full54 RATIO [THETA_FLOW [SEED]]  # §5.4's schedule, n = 4000, T = 20 (10–60 min); THETA_FLOW
+  #   gd | diag[:P[:DELTA[:EVERY]]] | gn[:DELTA[:EVERY[:M]]]
   python benchmarks/flow_blocks.py quick54 SEED [RATIO diag[:POWER]] # quick schedule: flow (track) vs steps vs ULA
   python benchmarks/flow_blocks.py mid54 CFG [N] [T_END]            # §5.4's path (λ₀ = 0.1, T = 20) to T_END (4), n = N (1000):
   #   mode weights vs t; CFG: ula | steps | gd:RATIO | diag:RATIO[:POWER] | gn:RATIO[:DELTA[:EVERY[:M]]]
@@ -125,8 +126,9 @@ def _theta_flow(spec: str | None):
                       every=int(rest[2]) if len(rest) > 2 else 10)
 
 
-def full54(ratio: str, theta: str | None = None) -> None:
-    _weights_vs_ula(dict(training="flow", eta=TrackingEta(ratio=float(ratio)), theta_flow=_theta_flow(theta)), 4000, 20.0, 0.01, 0.1, 0)
+def full54(ratio: str, theta: str | None = None, seed: str = "0") -> None:
+    _weights_vs_ula(dict(training="flow", eta=TrackingEta(ratio=float(ratio)), theta_flow=_theta_flow(theta)), 4000, 20.0, 0.01, 0.1,
+                    int(seed))
 
 
 def quick54(seed: str, ratio: str = "50", theta: str | None = None) -> None:
