@@ -36,6 +36,15 @@ function of (t, y) between refreshes, so any torchdiffeq method runs it; a resum
 recomputes the factor from the checkpoint's (X, Θ) at the output time it resumes from, where the
 uninterrupted run refreshed it too, so resume stays bitwise.  Its fixed points are those of
 ``"gd"`` (M is positive definite).
+
+Measured on §5.4's dilation path (README "η and stiffness", n = 1000): a negative result, kept
+as the reference point.  At ``every=10`` rkc stops before t = 0.4 for δ from 10⁻³ to 1: G is far
+from full rank (3717 of 4482 eigenvalues below 10⁻⁶·mean diag G at t = 0.2), M = 1/δ there, and
+the particles' Jacobians rotate into that subspace within a few steps (ρ_Θ ×700 in 5 steps).
+Refreshed every step (≈ 4 s each) it runs but ends wrong (loss +2·10⁶, TV to annealed ULA's mode
+weights 0.40 at t = 0.2; diag 0.17): −λ_min/λ_max of M^{1/2}∇²_Θ L M^{1/2} is ≈ 0.2–1 (gd 4·10⁻⁴,
+diag 0.02), so the directions in which the implicit loss over-fits finite particles grow about
+as fast as the network relaxes.
 """
 
 from __future__ import annotations
