@@ -4,11 +4,14 @@ tracked η (``eta="track"``) gives.  Numbers in README "η and stiffness".
 Run (one at a time, OMP_NUM_THREADS=1, PYTHONPATH=.):
   python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track [THETA_FLOW [T_END]]]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at rkc refreshes
   python benchmarks/flow_blocks.py blocks8s [ETA|track]              # eight_schools, n = 2000, T = 30 (minutes to an hour)
-  python benchmarks/flow_blocks.py full54 RATIO [THETA_FLOW [SEED]]  # §5.4's schedule, n = 4000, T = 20 (10–60 min); THETA_FLOW
-  #   gd | diag[:P[:DELTA[:EVERY]]] | gn[:DELTA[:EVERY[:M]]]
-  python benchmarks/flow_blocks.py quick54 SEED [RATIO diag[:POWER]] # quick schedule: flow (track) vs steps vs ULA
+  python benchmarks/flow_blocks.py full54 RATIO [THETA_FLOW [SEED]]     # §5.4's schedule, n = 4000, T = 20 (10–60 min);
+                                                                    #   THETA_FLOW diag[:P[:DELTA[:EVERY]]] | kfac[:DELTA[:EVERY[:P]]]
+                                                                    #   | gn[:DELTA[:EVERY[:M]]]
+  python benchmarks/flow_blocks.py quick54 SEED [RATIO THETA_FLOW]   # quick schedule: flow (track) vs steps vs ULA
   python benchmarks/flow_blocks.py mid54 CFG [N] [T_END]            # §5.4's path (λ₀ = 0.1, T = 20) to T_END (4), n = N (1000):
-  #   mode weights vs t; CFG: ula | steps | gd:RATIO | diag:RATIO[:POWER] | gn:RATIO[:DELTA[:EVERY[:M]]]
+                                                                    #   mode weights vs t; CFG ula | steps | gd:RATIO |
+                                                                    #   diag:RATIO[:POWER...] | kfac:RATIO[:DELTA[:EVERY[:POWER]]]
+                                                                    #   | gn:RATIO[:DELTA[:EVERY[:M]]]
   python benchmarks/flow_blocks.py curv54 [T] [N]                   # steps' state at T (0.2), n = N (1000): λ_max, −λ_min of M^½HM^½
   python benchmarks/flow_blocks.py tail8s                           # eight_schools: s-velocity of a neck particle
 ρ_X and ρ_Θ are power iterations on the X→X and Θ→Θ diagonal blocks of the right-hand side's
@@ -27,6 +30,7 @@ import sbtm_flows as sf
 from sbtm_flows.diag_flow import DiagGNFlow
 from sbtm_flows.experiments import make_target
 from sbtm_flows.gn_flow import GNFlow, gauss_newton_matrix
+from sbtm_flows.kfac_flow import KFACFlow
 from sbtm_flows.metrics import mode_weights, tv_distance
 from sbtm_flows.paths import Dilation
 from sbtm_flows.rkc import SpectralRadius
@@ -113,15 +117,20 @@ def _weights_vs_ula(kw: dict, n: int, t_final: float, dt: float, lam0: float, se
 
 def _theta_flow(spec: str | None):
     """``None``/``"gd"`` -> "gd"; ``"diag[:POWER[:DELTA[:EVERY]]]"`` -> a DiagGNFlow;
-    ``"gn[:DELTA[:EVERY[:M]]]"`` -> a GNFlow (M: G from a subsample of M particles)."""
+    ``"kfac[:DELTA[:EVERY[:POWER]]]"`` -> a KFACFlow; ``"gn[:DELTA[:EVERY[:M]]]"`` -> a GNFlow (M: G from
+    a subsample of M particles)."""
     if spec is None or spec == "gd":
         return "gd"
     name, *rest = spec.split(":")
+    if name == "kfac" and len(rest) <= 3:
+        return KFACFlow(delta=float(rest[0]) if rest else 1e-3, every=int(rest[1]) if len(rest) > 1 else 1,
+                        power=float(rest[2]) if len(rest) > 2 else 1.0)
     if name == "gn" and len(rest) <= 3:
         return GNFlow(delta=float(rest[0]) if rest else 1e-3, every=int(rest[1]) if len(rest) > 1 else 10,
                       m=int(rest[2]) if len(rest) > 2 else None)
     if name != "diag" or len(rest) > 3:
-        raise ValueError(f"theta flow spec must be gd, diag[:POWER[:DELTA[:EVERY]]] or gn[:DELTA[:EVERY[:M]]], got {spec!r}")
+        raise ValueError(f"theta flow spec must be gd, diag[:POWER[:DELTA[:EVERY]]], kfac[:DELTA[:EVERY[:POWER]]] or "
+                         f"gn[:DELTA[:EVERY[:M]]], got {spec!r}")
     return DiagGNFlow(power=float(rest[0]) if rest else 1.0, delta=float(rest[1]) if len(rest) > 1 else 1e-3,
                       every=int(rest[2]) if len(rest) > 2 else 10)
 

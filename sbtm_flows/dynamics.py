@@ -47,7 +47,7 @@ from .losses import CHUNK, divergence, make_probes, map_rows, resolve_divergence
 from .paths import Path, as_path
 from .paths import time_float as _tfloat
 from .score import at_time, flatten_params, functional_score, make_optimizer, unflatten_params
-from .theta_flow import DiagGNFlow, GNFlow, GradientFlow, RMSpropFlow, resolve_theta_flow
+from .theta_flow import DiagGNFlow, GNFlow, GradientFlow, KFACFlow, RMSpropFlow, resolve_theta_flow
 
 #: Default number of particles in the score loss (``batch`` of ``sample``): see README "Scale".
 DEFAULT_BATCH = 4096
@@ -441,7 +441,7 @@ class SBTMFlow(_Base):
         holdout_generator: torch.Generator | None = None,
         max_nfe: int | None = None,
         reject_nonfinite: bool = False,
-        theta_flow: str | GradientFlow | RMSpropFlow | DiagGNFlow | GNFlow = "gd",
+        theta_flow: str | GradientFlow | RMSpropFlow | DiagGNFlow | KFACFlow | GNFlow = "gd",
     ):
         super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
                          holdout, holdout_generator, max_nfe, reject_nonfinite)
@@ -524,9 +524,10 @@ class SBTMFlow(_Base):
         self.aux(y).copy_(self.initial_aux(x, theta.detach(), t))
         return y
 
-    def preconditioner(self, y: Tensor) -> Tensor | CholeskyFactor | None:
-        """M with dΘ/dt ≈ −η·M·∇_Θ L at state y: a diagonal D ``(P,)``, a factor M = C·Cᵀ with
-        ``root(q)`` = C·q and ``root_t(q)`` = Cᵀ·q (:class:`~sbtm_flows.gn_flow.CholeskyFactor`),
+    def preconditioner(self, y: Tensor) -> Tensor | Callable[[Tensor], Tensor] | CholeskyFactor | None:
+        """M with dΘ/dt ≈ −η·M·∇_Θ L at state y: a diagonal D ``(P,)``, for a non-diagonal M
+        (``"kfac"``) the map q ↦ M^{1/2} q ``(P,) -> (P,)``, for a factored M = C·Cᵀ (``"gn"``) an
+        object with ``root(q)`` = C·q and ``root_t(q)`` = Cᵀ·q (:class:`~sbtm_flows.gn_flow.CholeskyFactor`),
         or ``None`` (the identity, ``"gd"``)."""
         return self.theta_flow.preconditioner(self.aux(y).detach())
 

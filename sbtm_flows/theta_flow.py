@@ -41,6 +41,12 @@ one with a comparable network speed.
 Gauss–Newton diagonal, refreshed every few steps from the particles (A = log D, dA/dt = 0;
 :mod:`sbtm_flows.diag_flow`); its default η is ``"track"``.
 
+``"kfac"`` — :class:`~sbtm_flows.kfac_flow.KFACFlow`: dΘ/dt = −η M ∇_Θ L with M the damped
+Kronecker-factored (K-FAC) inverse of each layer's Gauss–Newton block, refreshed like ``"diag"``
+(A = the factors' eigendecompositions, dA/dt = 0; :mod:`sbtm_flows.kfac_flow`); default η ``"track"``.
+Its :meth:`~sbtm_flows.kfac_flow.KFACFlow.preconditioner` is not a diagonal D but the map
+q ↦ M^{1/2} q (the stiffness estimate accepts either).
+
 ``"gn"`` — :class:`~sbtm_flows.gn_flow.GNFlow`: dΘ/dt = −η (G + δI)⁻¹ ∇_Θ L with the dense
 Gauss–Newton matrix G (natural gradient), its Cholesky factor refreshed like D and kept outside
 the state (:mod:`sbtm_flows.gn_flow`); default η ``"track"``.
@@ -61,6 +67,8 @@ from torch import Tensor
 
 from .diag_flow import DiagGNFlow
 from .gn_flow import GNFlow
+from .kfac_flow import KFACFlow
+from .tracking_eta import TrackingEta
 
 __all__ = ["GradientFlow", "RMSpropFlow", "THETA_FLOWS", "DEFAULT_ETA", "resolve_theta_flow"]
 
@@ -86,7 +94,9 @@ class GradientFlow:
         return -eta * grad, aux.new_zeros(0)
 
     def preconditioner(self, aux: Tensor) -> Tensor | None:
-        """D with dΘ/dt ≈ −η D g: ``None`` (the identity)."""
+        """D with dΘ/dt ≈ −η D g: ``None`` (the identity).  A Θ dynamics returns a diagonal D
+        ``(P,)`` or, for a non-diagonal M (:class:`~sbtm_flows.kfac_flow.KFACFlow`), a callable
+        q ↦ M^{1/2} q ``(P,) -> (P,)`` applying its symmetric square root."""
         return None
 
     def config(self) -> dict:
@@ -161,21 +171,25 @@ class RMSpropFlow:
 
 
 #: η when none is given: a rate per unit curvature for "gd", a speed (parameter units per unit
-#: time, per tensor in RMS) for "rmsprop".
-DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track", "gn": "track"}
+#: time, per tensor in RMS) for "rmsprop", the tracked η for the refreshed preconditioners — for
+#: "kfac" with ratio 10, not 50: on a coarse grid (§5.4's quick schedule, dt = 0.05) λ_max of
+#: M^½∇²_Θ L M^½ can triple within a step, and ratio 50 then overshoots (README, η and stiffness).
+#: An EtaSchedule here is a template: each run gets a deep copy.
+DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track", "kfac": TrackingEta(ratio=10.0), "gn": "track"}
 
 #: name -> the Θ dynamics with its default parameters.
-THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow, "gn": GNFlow}
+THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow, "kfac": KFACFlow, "gn": GNFlow}
 
 
-def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow | GNFlow:
-    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` / ``"gn"`` (default parameters) or an instance, as an instance.
+def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow | KFACFlow | GNFlow:
+    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` / ``"kfac"`` / ``"gn"`` (default parameters) or an instance, as an
+    instance.
 
     Raises:
         ValueError: any other value (names the valid ones)."""
-    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow, GNFlow)):
+    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow, KFACFlow, GNFlow)):
         return copy.copy(spec)  # (aux_size binds it to a network; GNFlow's factor to a run)
     if isinstance(spec, str) and spec in THETA_FLOWS:
         return THETA_FLOWS[spec]()
     raise ValueError(f"theta_flow must be one of {', '.join(repr(k) for k in THETA_FLOWS)} or a GradientFlow / "
-                     f"RMSpropFlow / DiagGNFlow / GNFlow instance, got {spec!r}")
+                     f"RMSpropFlow / DiagGNFlow / KFACFlow / GNFlow instance, got {spec!r}")

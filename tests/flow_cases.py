@@ -1,4 +1,4 @@
-"""Shared pieces of the Θ-dynamics tests (theta_flow "rmsprop", "diag" and "gn")."""
+"""Shared pieces of the Θ-dynamics tests (theta_flow "rmsprop", "diag", "kfac" and "gn")."""
 
 from __future__ import annotations
 
@@ -8,20 +8,23 @@ import sbtm_flows as sf
 
 
 def dense_preconditioned_curvature(net: torch.nn.Module, x: torch.Tensor, flow, y: torch.Tensor) -> tuple[float, float]:
-    """(λ_max(M^{1/2} H M^{1/2}), λ_max(H)) by dense eigendecomposition, H = ∇²_Θ L the implicit loss's
-    Hessian at the network's parameters on particles x ``(n, d)``, M = ``flow.preconditioner(y)``
-    (a diagonal ``(P,)``, or a factor with ``dense()`` ``(P, P)``, whose symmetric root is taken by eigh)."""
+    """(λ_max(R H R), λ_max(H)) by dense eigendecomposition, H = ∇²_Θ L the implicit loss's Hessian at the
+    network's parameters on particles x ``(n, d)``, R = D^{1/2} for D = ``flow.preconditioner(y)`` a diagonal,
+    the dense matrix of the map it returns (q ↦ M^{1/2} q) applied to the identity's columns, or for a
+    factor with ``dense()`` ``(P, P)`` (M = C·Cᵀ) the symmetric root of M by eigh."""
     theta = sf.score.flatten_params(net)
 
     def loss(th):
         return sf.losses.implicit_score_matching(lambda z: torch.func.functional_call(net, sf.score.unflatten_params(net, th), (z,)), x)[0]
 
     H = torch.autograd.functional.hessian(loss, theta)
-    m = flow.preconditioner(y)
-    if isinstance(m, torch.Tensor):
-        root = torch.diag(m.sqrt())
+    pre = flow.preconditioner(y)
+    if callable(pre):
+        root = torch.stack([pre(e) for e in torch.eye(theta.numel(), dtype=theta.dtype)], 1)
+    elif isinstance(pre, torch.Tensor):
+        root = torch.diag(pre.sqrt())
     else:
-        evals, evecs = torch.linalg.eigh(m.dense())
+        evals, evecs = torch.linalg.eigh(pre.dense())
         root = evecs @ torch.diag(evals.sqrt()) @ evecs.T
     return float(torch.linalg.eigvalsh(root @ H @ root).max()), float(torch.linalg.eigvalsh(H).max())
 
@@ -44,3 +47,18 @@ def dense_score_jacobian(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(net, sf.score.unflatten_params(net, th), (x,)).reshape(-1)
 
     return torch.autograd.functional.jacobian(s, theta)
+
+
+def refreshed_flow_runs(tmp_path, resumable, theta_flow: str, eta: float):
+    """``(full, resumed, k, adaptive)`` for a Θ dynamics with a piecewise-refreshed state: an interrupted and
+    resumed run with the instance ``resumable`` (1-D two-mode mixture, n = 60, to t = 0.2) and a dopri5 run
+    of ``theta_flow`` (by name) at η from N(0, 1/4) toward N(0, 1) (n = 80, to t = 0.3)."""
+    from resume_cases import interrupt_and_resume
+
+    target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
+    kw = dict(method="sbtm", init=sf.Gaussian(torch.zeros(1), torch.eye(1)), n=60, t_final=0.2, dt=0.01, save_every=2,
+              theta_flow=resumable)
+    full, resumed, k = interrupt_and_resume(target, tmp_path / "ck.pt", checkpoint_every=1, **kw)
+    adaptive = sf.sample(sf.Gaussian(torch.zeros(1), torch.eye(1)), method="sbtm", init=sf.Gaussian(torch.zeros(1), 0.25 * torch.eye(1)),
+                         n=80, t_final=0.3, dt=0.05, solver="dopri5", theta_flow=theta_flow, eta=eta, save_every=2, seed=1, max_nfe=3000)
+    return full, resumed, k, adaptive

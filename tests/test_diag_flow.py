@@ -14,8 +14,7 @@ from sbtm_flows.stiffness import hessian_max_eigenvalue
 from sbtm_flows.theta_flow import DEFAULT_ETA, resolve_theta_flow
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_cases import dense_preconditioned_curvature, dense_score_jacobian, small_flow  # noqa: E402
-from resume_cases import interrupt_and_resume  # noqa: E402
+from flow_cases import dense_preconditioned_curvature, dense_score_jacobian, refreshed_flow_runs, small_flow  # noqa: E402
 
 D64 = torch.float64
 
@@ -75,22 +74,13 @@ def test_lanczos_sees_the_preconditioned_hessian():
     assert lam == pytest.approx(dense, rel=1e-6) and abs(dense - plain) > 0.5 * dense
 
 
-def test_diag_run_resumes_bitwise(tmp_path):
-    # D is in the state (A = log D) and is recomputed from (X, Θ) at the same steps after a resume
-    target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
-    kw = dict(method="sbtm", init=sf.Gaussian(torch.zeros(1), torch.eye(1)), n=60, t_final=0.2, dt=0.01, save_every=2,
-              theta_flow=DiagGNFlow(every=3))
-    full, resumed, k = interrupt_and_resume(target, tmp_path / "ck.pt", checkpoint_every=1, **kw)
+def test_diag_run_resumes_bitwise_and_runs_under_dopri5(tmp_path):
+    # D is in the state (A = log D) and is recomputed from (X, Θ) at the same steps after a resume;
+    # an adaptive solver refreshes D at the output times and integrates the coupled state in between
+    full, resumed, k, res = refreshed_flow_runs(tmp_path, DiagGNFlow(every=3), "diag", 0.005)
     assert k > 0 and torch.equal(resumed.particles, full.particles) and torch.equal(resumed.thetas, full.thetas)
     assert full.info["theta_flow"] == {"name": "diag", "power": 1.0, "delta": 1e-3, "every": 3}
     assert full.info["eta_schedule"]["refreshes"] >= 6 and DEFAULT_ETA["diag"] == "track"
-
-
-def test_an_adaptive_solver_runs_the_diag_flow():
-    # D refreshed at the output times; dopri5 integrates the coupled state in between
-    tgt = sf.Gaussian(torch.zeros(1), torch.eye(1))
-    res = sf.sample(tgt, method="sbtm", init=sf.Gaussian(torch.zeros(1), 0.25 * torch.eye(1)), n=80, t_final=0.3, dt=0.05,
-                    solver="dopri5", theta_flow="diag", eta=0.005, save_every=2, seed=1, max_nfe=3000)
     assert res.info["solver"] == "dopri5" and torch.isfinite(res.particles).all()
     v0, v1 = (float(res.trajectory[i].var()) for i in (0, -1))
     assert v0 < v1 < 1.0  # spreading toward the target's unit variance
