@@ -279,8 +279,10 @@ class SBTMConfig(RunConfig):
             (dΘ/dt = −η·D·∇_ΘL, D the inverse Gauss–Newton diagonal refreshed every 10 steps;
             default η ``"track"``; :mod:`sbtm_flows.diag_flow`), ``"kfac"`` (dΘ/dt = −η·M·∇_ΘL, M
             the damped Kronecker-factored inverse Gauss–Newton blocks, refreshed likewise; default η
-            ``"track"``; :mod:`sbtm_flows.kfac_flow`) or a ``GradientFlow`` / ``RMSpropFlow`` /
-            ``DiagGNFlow`` / ``KFACFlow`` instance (τ, ε, per tensor or per parameter; power, δ).
+            ``"track"``; :mod:`sbtm_flows.kfac_flow`), ``"gn"`` (dΘ/dt = −η·(G + δI)⁻¹∇_ΘL, the dense
+            Gauss–Newton matrix, refreshed likewise; :mod:`sbtm_flows.gn_flow`) or a ``GradientFlow`` /
+            ``RMSpropFlow`` / ``DiagGNFlow`` / ``KFACFlow`` / ``GNFlow`` instance (τ, ε, per tensor or
+            per parameter; power, δ; δ, every, m).
         eta: η of the flow: a number (default 5 for ``"gd"``, ``DEFAULT_ETA["rmsprop"]`` for ``"rmsprop"``), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.stiffness.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
