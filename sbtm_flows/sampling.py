@@ -344,8 +344,9 @@ class SBTMSampler:
         return self.dyn.theta_flow.refresh_every
 
     def _refresh_aux(self, y: Tensor, t: float, k: int) -> Tensor:
-        """y with a piecewise-refreshed Θ-dynamics state (DiagGNFlow's D) re-estimated at t on the
-        training subset of output interval ``k``; y itself for the other Θ dynamics."""
+        """y with a piecewise-refreshed Θ-dynamics preconditioner (``"diag"``'s D, ``"kfac"``'s
+        factors, ``"gn"``'s Cholesky factor) re-estimated at t on the training subset of output
+        interval ``k``; y itself for the Θ dynamics without one."""
         if not self._aux_every():
             return y
         self.dyn.choose_batch(self.dyn.n_particles(y), k)
