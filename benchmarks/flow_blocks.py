@@ -2,14 +2,17 @@
 tracked η (``eta="track"``) gives.  Numbers in README "η and stiffness".
 
 Run (one at a time, OMP_NUM_THREADS=1, PYTHONPATH=.):
-  python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at every rkc refresh
+  python benchmarks/flow_blocks.py blocks54 plain|scaled [ETA|track [THETA_FLOW [T_END]]]  # §5.4 path, n = 1000: ρ, ρ_X, ρ_Θ at rkc refreshes
   python benchmarks/flow_blocks.py blocks8s [ETA|track]              # eight_schools, n = 2000, T = 30 (minutes to an hour)
   python benchmarks/flow_blocks.py full54 RATIO [THETA_FLOW [SEED]]     # §5.4's schedule, n = 4000, T = 20 (10–60 min);
                                                                     #   THETA_FLOW diag[:P[:DELTA[:EVERY]]] | kfac[:DELTA[:EVERY[:P]]]
+                                                                    #   | gn[:DELTA[:EVERY[:M]]]
   python benchmarks/flow_blocks.py quick54 SEED [RATIO THETA_FLOW]   # quick schedule: flow (track) vs steps vs ULA
   python benchmarks/flow_blocks.py mid54 CFG [N] [T_END]            # §5.4's path (λ₀ = 0.1, T = 20) to T_END (4), n = N (1000):
                                                                     #   mode weights vs t; CFG ula | steps | gd:RATIO |
                                                                     #   diag:RATIO[:POWER...] | kfac:RATIO[:DELTA[:EVERY[:POWER]]]
+                                                                    #   | gn:RATIO[:DELTA[:EVERY[:M]]]
+  python benchmarks/flow_blocks.py curv54 [T] [N]                   # steps' state at T (0.2), n = N (1000): λ_max, −λ_min of M^½HM^½
   python benchmarks/flow_blocks.py tail8s                           # eight_schools: s-velocity of a neck particle
 ρ_X and ρ_Θ are power iterations on the X→X and Θ→Θ diagonal blocks of the right-hand side's
 Jacobian (finite differences), printed with the full ρ of rkc's estimate at each refresh.
@@ -26,11 +29,13 @@ import torch
 import sbtm_flows as sf
 from sbtm_flows.diag_flow import DiagGNFlow
 from sbtm_flows.experiments import make_target
+from sbtm_flows.gn_flow import GNFlow, gauss_newton_matrix
 from sbtm_flows.kfac_flow import KFACFlow
 from sbtm_flows.metrics import mode_weights, tv_distance
 from sbtm_flows.paths import Dilation
 from sbtm_flows.rkc import SpectralRadius
 from sbtm_flows.score import ScaledScore, ScoreMLP, fit_score
+from sbtm_flows.stiffness import hessian_max_eigenvalue
 from sbtm_flows.tracking_eta import TrackingEta
 
 
@@ -73,12 +78,12 @@ def _eta(arg: str | None, default: float):
     return default if arg is None else ("track" if arg == "track" else float(arg))
 
 
-def blocks54(net: str, eta_arg: str | None = None) -> None:
+def blocks54(net: str, eta_arg: str | None = None, theta: str | None = None, t_end: str = "2.0") -> None:
     path = Dilation(make_target("gmm2d"), t_final=20.0, lam0=0.1)
     model = ScaledScore(ScoreMLP(2, generator=torch.Generator().manual_seed(0)), path.scale) if net == "scaled" else None
     try:
-        sf.sample(path, method="sbtm", training="flow", n=1000, t_final=2.0, dt=0.01, eta=_eta(eta_arg, 10.0), score_model=model,
-                  init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=10, solver="rkc",
+        sf.sample(path, method="sbtm", training="flow", n=1000, t_final=float(t_end), dt=0.01, eta=_eta(eta_arg, 10.0), score_model=model,
+                  init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=10, solver="rkc", theta_flow=_theta_flow(theta),
                   solver_options={"spectral": BlockReport(2000)})
     except sf.SamplingError as e:
         print("stopped:", str(e)[:200])
@@ -112,15 +117,20 @@ def _weights_vs_ula(kw: dict, n: int, t_final: float, dt: float, lam0: float, se
 
 def _theta_flow(spec: str | None):
     """``None``/``"gd"`` -> "gd"; ``"diag[:POWER[:DELTA[:EVERY]]]"`` -> a DiagGNFlow;
-    ``"kfac[:DELTA[:EVERY[:POWER]]]"`` -> a KFACFlow."""
+    ``"kfac[:DELTA[:EVERY[:POWER]]]"`` -> a KFACFlow; ``"gn[:DELTA[:EVERY[:M]]]"`` -> a GNFlow (M: G from
+    a subsample of M particles)."""
     if spec is None or spec == "gd":
         return "gd"
     name, *rest = spec.split(":")
     if name == "kfac" and len(rest) <= 3:
         return KFACFlow(delta=float(rest[0]) if rest else 1e-3, every=int(rest[1]) if len(rest) > 1 else 1,
                         power=float(rest[2]) if len(rest) > 2 else 1.0)
+    if name == "gn" and len(rest) <= 3:
+        return GNFlow(delta=float(rest[0]) if rest else 1e-3, every=int(rest[1]) if len(rest) > 1 else 10,
+                      m=int(rest[2]) if len(rest) > 2 else None)
     if name != "diag" or len(rest) > 3:
-        raise ValueError(f"theta flow spec must be gd, diag[:POWER[:DELTA[:EVERY]]] or kfac[:DELTA[:EVERY[:POWER]]], got {spec!r}")
+        raise ValueError(f"theta flow spec must be gd, diag[:POWER[:DELTA[:EVERY]]], kfac[:DELTA[:EVERY[:POWER]]] or "
+                         f"gn[:DELTA[:EVERY[:M]]], got {spec!r}")
     return DiagGNFlow(power=float(rest[0]) if rest else 1.0, delta=float(rest[1]) if len(rest) > 1 else 1e-3,
                       every=int(rest[2]) if len(rest) > 2 else 10)
 
@@ -169,6 +179,52 @@ def mid54(cfg: str, n: str = "1000", t_end: str = "4") -> None:
                   f"weights {[round(v, 3) for v in w.tolist()]}", flush=True)
 
 
+class _Negated:
+    """A flow whose loss Hessian is −∇²_Θ L (Lanczos on it reads −λ_min of the preconditioned Hessian)."""
+
+    def __init__(self, flow):
+        self.flow = flow
+
+    def hvp(self, x, theta, t=None):
+        product = self.flow.hvp(x, theta, t)
+        return lambda q: -product(q)
+
+    def __getattr__(self, name):
+        return getattr(self.flow, name)
+
+
+def curv54(t_end: str = "0.2", n: str = "1000") -> None:
+    """At the discrete training's state on §5.4's path (n particles, seed 0, at t_end): λ_max and
+    −λ_min of M^{1/2}∇²_Θ L M^{1/2} (30 Lanczos steps each) for gd (M = I), diag and gn at several δ,
+    and the cost of a gn refresh (G, then Cholesky and triangular inverse) and of one M·g."""
+    path = Dilation(make_target("gmm2d"), t_final=20.0, lam0=0.1)
+    tq = float(t_end)
+    res = sf.sample(path, method="sbtm", training="steps", n=int(n), t_final=tq, dt=0.01, seed=0,
+                    init=sf.Gaussian(torch.zeros(2), torch.eye(2)), save_every=10**9)
+    model = ScaledScore(ScoreMLP(2), path.scale)
+    torch.nn.utils.vector_to_parameters(res.thetas[-1].clone(), model.parameters())
+    for tf in ["gd", DiagGNFlow(), GNFlow(delta=1e-3), GNFlow(delta=1e-2), GNFlow(delta=0.1), GNFlow(delta=1.0)]:
+        flow = sf.SBTMFlow(path, model, eta=1.0, theta_flow=tf)
+        t0 = time.perf_counter()
+        y = flow.initial_state(res.particles, t0=tq)
+        t_est = time.perf_counter() - t0
+        hi, lo = (hessian_max_eigenvalue(f, y, iters=30, t=tq, generator=torch.Generator().manual_seed(0)) for f in (flow, _Negated(flow)))
+        print(f"t={tq} n={n} {tf!r}: lam_max {hi:.4g}, -lam_min {lo:.4g}, -lam_min/lam_max {lo / hi:.3g}, estimate {t_est:.1f} s", flush=True)
+    x, theta = res.particles, flow.split(y)[1]
+    t0 = time.perf_counter()
+    g = gauss_newton_matrix(flow, x, theta, tq)
+    t1 = time.perf_counter()
+    low = torch.linalg.cholesky(g + 1e-3 * g.diagonal().mean() * torch.eye(g.shape[0], dtype=g.dtype))
+    t2 = time.perf_counter()
+    torch.linalg.solve_triangular(low, torch.eye(g.shape[0], dtype=g.dtype), upper=False)
+    t3 = time.perf_counter()
+    q = torch.randn(theta.numel())
+    for _ in range(20):
+        flow.theta_flow.factor.apply(q)
+    print(f"P = {theta.numel()}, n·d = {x.numel()}: G {t1 - t0:.2f} s, Cholesky {t2 - t1:.2f} s, L⁻¹ {t3 - t2:.2f} s, "
+          f"M·g {(time.perf_counter() - t3) / 20 * 1e3:.1f} ms", flush=True)
+
+
 def tail8s() -> None:
     """A ScoreMLP fitted to a Gaussian cloud (s ~ N(0.5, 1)); the s-velocity of a particle at z = 0."""
     post = sf.posteriordb.load("eight_schools")
@@ -188,4 +244,5 @@ def tail8s() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, *args = sys.argv[1:] or ["tail8s"]
-    {"blocks54": blocks54, "blocks8s": blocks8s, "full54": full54, "quick54": quick54, "mid54": mid54, "tail8s": tail8s}[cmd](*args)
+    {"blocks54": blocks54, "blocks8s": blocks8s, "full54": full54, "quick54": quick54, "mid54": mid54, "curv54": curv54,
+     "tail8s": tail8s}[cmd](*args)

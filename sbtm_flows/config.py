@@ -18,6 +18,7 @@ checkpoints (a resume with another configuration is refused).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -147,7 +148,8 @@ class FlowTraining:
 def theta_flow_defaults(flow: FlowTraining) -> FlowTraining:
     """``flow`` with ``theta_flow`` checked (default ``"gd"``) and η defaulted to the Θ dynamics'
     own (:data:`~sbtm_flows.theta_flow.DEFAULT_ETA`: a rate per unit curvature for ``"gd"``, a
-    parameter speed for ``"rmsprop"``, ``"track"`` for ``"diag"``).
+    parameter speed for ``"rmsprop"``, ``"track"`` for ``"diag"``, a tracked η of ratio 10 for
+    ``"kfac"``; a schedule object there is deep-copied, so runs never share its state).
 
     Raises:
         ValueError: an unknown ``theta_flow``, or a preconditioned one with the NTK tools
@@ -160,7 +162,7 @@ def theta_flow_defaults(flow: FlowTraining) -> FlowTraining:
         if ntk:
             raise ValueError(f"theta_flow={flow.theta_flow!r} with the NTK tools (eta='ntk', record_ntk_every): Theorem 3.5's "
                              "condition is for the plain gradient flow; use theta_flow='gd' with them")
-    eta = DEFAULT_ETA[theta_flow.name] if flow.eta is None else flow.eta
+    eta = copy.deepcopy(DEFAULT_ETA[theta_flow.name]) if flow.eta is None else flow.eta
     return dataclasses.replace(flow, eta=eta, theta_flow="gd" if flow.theta_flow is None else flow.theta_flow)
 
 
@@ -277,8 +279,10 @@ class SBTMConfig(RunConfig):
             (dΘ/dt = −η·D·∇_ΘL, D the inverse Gauss–Newton diagonal refreshed every 10 steps;
             default η ``"track"``; :mod:`sbtm_flows.diag_flow`), ``"kfac"`` (dΘ/dt = −η·M·∇_ΘL, M
             the damped Kronecker-factored inverse Gauss–Newton blocks, refreshed likewise; default η
-            ``"track"``; :mod:`sbtm_flows.kfac_flow`) or a ``GradientFlow`` / ``RMSpropFlow`` /
-            ``DiagGNFlow`` / ``KFACFlow`` instance (τ, ε, per tensor or per parameter; power, δ).
+            ``"track"``; :mod:`sbtm_flows.kfac_flow`), ``"gn"`` (dΘ/dt = −η·(G + δI)⁻¹∇_ΘL, the dense
+            Gauss–Newton matrix, refreshed likewise; :mod:`sbtm_flows.gn_flow`) or a ``GradientFlow`` /
+            ``RMSpropFlow`` / ``DiagGNFlow`` / ``KFACFlow`` / ``GNFlow`` instance (τ, ε, per tensor or
+            per parameter; power, δ; δ, every, m).
         eta: η of the flow: a number (default 5 for ``"gd"``, ``DEFAULT_ETA["rmsprop"]`` for ``"rmsprop"``), a callable of t, ``"auto"``
             (:class:`~sbtm_flows.stiffness.AutoEta`: the largest η the solver keeps stable at
             step dt, η = 0.6·c/(λ_max(∇²_Θ L)·dt), re-estimated along the run), ``"ntk"`` or an
@@ -474,20 +478,19 @@ class SBTMConfig(RunConfig):
 
     def resolved(self, path) -> "SBTMConfig":
         """The configuration with ``training="auto"`` resolved on ``path``: ``"flow"`` when a
-        flow option was given, ``"steps"`` when a steps option was, else as
-        :func:`~sbtm_flows.sampling.resolve_training` (the discrete training on a dilation path with
-        a fixed-step solver).  Others are returned unchanged."""
+        flow option was given, ``"steps"`` when a steps option was, else the flow with the Θ
+        dynamics of :func:`~sbtm_flows.sampling.resolve_training` (``"kfac"`` on a dilation path
+        with a fixed-grid solver).  Others are returned unchanged."""
         if self.training != "auto":
             return self
         from .sampling import resolve_training
 
         if any(v is not None for v in _given(self.flow).values()):
-            training = "flow"
-        elif any(v is not None for v in _given(self.steps).values()):
-            training = "steps"
-        else:
-            training = resolve_training(path, self.solver.method)
-        return dataclasses.replace(self, training=training)
+            return dataclasses.replace(self, training="flow")
+        if any(v is not None for v in _given(self.steps).values()):
+            return dataclasses.replace(self, training="steps")
+        training, theta_flow = resolve_training(path, self.solver.method)
+        return dataclasses.replace(self, training=training, flow=FlowTraining(theta_flow=theta_flow))
 
 
 @dataclass

@@ -32,34 +32,47 @@ has D ≈ 1/δ, and its curvature grows as particles enter its feature; on §5.4
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["DiagGNFlow", "gauss_newton_diagonal"]
+__all__ = ["DiagGNFlow", "gauss_newton_diagonal", "jacobian_blocks"]
 
 
-def gauss_newton_diagonal(flow, x: Tensor, theta: Tensor, t: float | Tensor | None = None, chunk: int = 256) -> Tensor:
-    r"""diag G = (2/n) Σᵢ Σₖ (∂s_Θ(xᵢ)ₖ/∂Θ)² ``(P,)`` at particles ``x (n, d)`` and flat
-    parameters Θ ``(P,)`` of ``flow`` (an :class:`~sbtm_flows.dynamics.SBTMFlow`), exactly: a
-    ``torch.func`` vmap over the rows of the per-row Jacobian ``(d, P)``, ``chunk`` rows at a time.
+def jacobian_blocks(flow, x: Tensor, theta: Tensor, t: float | Tensor | None = None, chunk: int = 256) -> Iterator[Tensor]:
+    r"""The per-particle Jacobians Jᵢ = ∂s_Θ(xᵢ)/∂Θ at particles ``x (n, d)`` and flat parameters
+    Θ ``(P,)`` of ``flow`` (an :class:`~sbtm_flows.dynamics.SBTMFlow`), ``chunk`` particles at a
+    time: yields blocks ``(b, d, P)`` (a ``torch.func`` vmap over the rows of ``jacrev``).
 
     Raises:
         ValueError: ``x`` not 2-D or empty, or ``chunk`` < 1.
     """
     if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"gauss_newton_diagonal: x must be (n, d) with n >= 1, got shape {tuple(x.shape)}")
+        raise ValueError(f"jacobian_blocks: x must be (n, d) with n >= 1, got shape {tuple(x.shape)}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"gauss_newton_diagonal: chunk must be an integer >= 1, got {chunk!r}")
+        raise ValueError(f"jacobian_blocks: chunk must be an integer >= 1, got {chunk!r}")
     th = theta.detach()
 
     def row(p: Tensor, xi: Tensor) -> Tensor:
         return flow.score_fn(p, t)(xi.unsqueeze(0))[0]
 
     per_row = torch.func.vmap(torch.func.jacrev(row), in_dims=(None, 0))
-    total = torch.zeros_like(th)
     for b in x.detach().split(chunk):
-        total += per_row(th, b).pow(2).sum(dim=(0, 1))
+        yield per_row(th, b)
+
+
+def gauss_newton_diagonal(flow, x: Tensor, theta: Tensor, t: float | Tensor | None = None, chunk: int = 256) -> Tensor:
+    r"""diag G = (2/n) Σᵢ Σₖ (∂s_Θ(xᵢ)ₖ/∂Θ)² ``(P,)`` at particles ``x (n, d)`` and flat
+    parameters Θ ``(P,)`` of ``flow`` (an :class:`~sbtm_flows.dynamics.SBTMFlow`), exactly from
+    the per-particle Jacobians of :func:`jacobian_blocks` (``chunk`` particles at a time).
+
+    Raises:
+        ValueError: ``x`` not 2-D or empty, or ``chunk`` < 1.
+    """
+    total = torch.zeros_like(theta.detach())
+    for jac in jacobian_blocks(flow, x, theta, t, chunk):
+        total += jac.pow(2).sum(dim=(0, 1))
     comm, n = getattr(flow, "comm", None), x.shape[0]
     if comm is not None:  # under torch.distributed: the sum over every rank's rows
         total, n = comm.sum(total), comm.count(n)

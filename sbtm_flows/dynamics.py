@@ -42,11 +42,12 @@ from torch import Tensor
 
 from .errors import SamplingError
 from .eta import EtaSchedule, as_eta
+from .gn_flow import CholeskyFactor
 from .losses import CHUNK, divergence, make_probes, map_rows, resolve_divergence, row_blocks, score_matching_grad, score_matching_terms
 from .paths import Path, as_path
 from .paths import time_float as _tfloat
 from .score import at_time, flatten_params, functional_score, make_optimizer, unflatten_params
-from .theta_flow import DiagGNFlow, GradientFlow, KFACFlow, RMSpropFlow, resolve_theta_flow
+from .theta_flow import DiagGNFlow, GNFlow, GradientFlow, KFACFlow, RMSpropFlow, resolve_theta_flow
 
 #: Default number of particles in the score loss (``batch`` of ``sample``): see README "Scale".
 DEFAULT_BATCH = 4096
@@ -440,7 +441,7 @@ class SBTMFlow(_Base):
         holdout_generator: torch.Generator | None = None,
         max_nfe: int | None = None,
         reject_nonfinite: bool = False,
-        theta_flow: str | GradientFlow | RMSpropFlow | DiagGNFlow | KFACFlow = "gd",
+        theta_flow: str | GradientFlow | RMSpropFlow | DiagGNFlow | KFACFlow | GNFlow = "gd",
     ):
         super().__init__(path, score_model, divergence, probes, probe_distribution, generator, track_logdensity, check_finite,
                          holdout, holdout_generator, max_nfe, reject_nonfinite)
@@ -495,10 +496,11 @@ class SBTMFlow(_Base):
     def initial_aux(self, x: Tensor, theta: Tensor, t: float | Tensor = 0.0) -> Tensor:
         """A₀ = ``theta_flow.start(∇_Θ L)`` at particles ``x (n, d)`` (their training rows),
         parameters Θ ``(P,)`` and time t: ``(n_aux,)``, empty (no gradient computed) for ``"gd"``."""
-        if self.n_aux == 0:
+        estimated = hasattr(self.theta_flow, "estimate")  # re-estimated from (X, Θ): DiagGNFlow's D, GNFlow's factor
+        if self.n_aux == 0 and not estimated:
             return theta.new_zeros(0)
         xb, pb = self.training_rows(x.detach())
-        if hasattr(self.theta_flow, "estimate"):  # an auxiliary state re-estimated from (X, Θ) (DiagGNFlow)
+        if estimated:  # (GNFlow keeps its factor on itself and returns an empty A)
             return self.theta_flow.estimate(self, xb, theta, t)
         return self.theta_flow.start(self.loss_and_grad(xb, theta, t=t, probes=pb)[1]).detach()
 
@@ -522,9 +524,11 @@ class SBTMFlow(_Base):
         self.aux(y).copy_(self.initial_aux(x, theta.detach(), t))
         return y
 
-    def preconditioner(self, y: Tensor) -> Tensor | Callable[[Tensor], Tensor] | None:
-        """D ``(P,)`` with dΘ/dt ≈ −η·D·∇_Θ L at state y (``None``: the identity, ``"gd"``), or for a
-        non-diagonal M (``"kfac"``) the map q ↦ M^{1/2} q ``(P,) -> (P,)``."""
+    def preconditioner(self, y: Tensor) -> Tensor | Callable[[Tensor], Tensor] | CholeskyFactor | None:
+        """M with dΘ/dt ≈ −η·M·∇_Θ L at state y: a diagonal D ``(P,)``, for a non-diagonal M
+        (``"kfac"``) the map q ↦ M^{1/2} q ``(P,) -> (P,)``, for a factored M = C·Cᵀ (``"gn"``) an
+        object with ``root(q)`` = C·q and ``root_t(q)`` = Cᵀ·q (:class:`~sbtm_flows.gn_flow.CholeskyFactor`),
+        or ``None`` (the identity, ``"gd"``)."""
         return self.theta_flow.preconditioner(self.aux(y).detach())
 
     def split(self, y: Tensor) -> tuple[Tensor, Tensor]:

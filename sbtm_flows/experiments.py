@@ -273,13 +273,13 @@ def geometric_1d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
 # ----------------------------------------------------------------------------------------
 def dilation_2d(cfg: dict, out: pathlib.Path, progress: bool) -> dict:
     """§5.4: 16 unit-variance modes on {−6, −2, 2, 6}², dilation path π_t(x) ∝ π(x/λ(t)),
-    λ linear from ``lam0`` to 1.  SBTM uses the paper's discrete training here, whose default
-    network on a dilation path is a :class:`~sbtm_flows.score.ScaledScore` learning in x/λ(t):
-    on this path a fixed η lets the Θ block's curvature grow by orders of magnitude within a
-    fraction of a time unit (η = 10: ρ_Θ 130 → 2·10⁵; with ScaledScore 2.5·10⁵ → 2·10⁷), beyond what
-    even the stabilised solver rkc follows; ``--training flow --eta track`` (η sized to the particle
-    block, :mod:`sbtm_flows.tracking_eta`) keeps it stable to T = 20, but its mode weights are off
-    (TV to annealed ULA 0.28 against the discrete training's 0.025; README, η and stiffness)."""
+    λ linear from ``lam0`` to 1.  SBTM runs ``training="auto"``, which on a dilation path is the
+    coupled flow with the K-FAC Θ dynamics (``theta_flow="kfac"``: dΘ/dt = −η·M·∇_Θ L, M the
+    Kronecker-factored inverse Gauss–Newton matrix refreshed every step; η ``"track"``, ratio
+    10; a :class:`~sbtm_flows.score.ScaledScore` learning in x/λ(t); solver rkc).  Measured (README,
+    η and stiffness): TV to annealed ULA's mode weights 0.027 (plain gradient flow 0.283, diagonal
+    Gauss–Newton 0.067–0.093, the paper's discrete training 0.025); ``--training steps`` runs the
+    discrete training."""
     from .metrics import mode_weights, tv_distance
     from .paths import Dilation
 
@@ -338,7 +338,7 @@ EXPERIMENTS: dict[str, Experiment] = {
                    dict(_BASE, n=5000, t_final=10.0, dt=0.01, save_every=5),
                    dict(n=400, t_final=2.0, dt=0.01, save_every=5, holdout=200)),
         Experiment("dilation-2d", "5.4", "16-mode grid mixture, dilation annealing (Figs 5, 6)", dilation_2d,
-                   dict(_BASE, training="steps", n=4000, t_final=20.0, dt=0.01, lam0=0.1, save_every=20, holdout=0),
+                   dict(_BASE, training="auto", eta=None, n=4000, t_final=20.0, dt=0.01, lam0=0.1, save_every=20, holdout=0),
                    dict(n=400, t_final=10.0, dt=0.05, lam0=0.2, save_every=5)),
     )
 }

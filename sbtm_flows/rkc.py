@@ -249,6 +249,16 @@ class SpectralRadius:
         self.rho = rho if first or not math.isfinite(self.rho) else max(rho, self.decay * self.rho)
         return self.rho
 
+    def cap_stages(self, max_stages: int) -> None:
+        """Set ``max_stages``, the stage count beyond which a step raises :class:`SamplingError`
+        (``solver_options={"max_stages": …}`` of ``rkc``).
+
+        Raises:
+            ValueError: not an integer >= 2."""
+        if isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 2:
+            raise ValueError(f"rkc: max_stages must be an integer >= 2, got {max_stages!r}")
+        self.max_stages = max_stages
+
     def reject(self, t: Tensor, h: float, s: int) -> int:
         """A step of s stages from t grew (:meth:`RKC._chebyshev_step`): the estimate was low.
         Returns the stage count of the retry, ⌈1.5·s⌉, raises ρ to what that count covers and
@@ -327,9 +337,7 @@ class RKC(FixedGridODESolver):
         self.fixed_stages = None if stages is None else int(stages)
         self.spectral = spectral if spectral is not None else SpectralRadius()
         if max_stages is not None:
-            if isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 2:
-                raise ValueError(f"rkc: max_stages must be an integer >= 2, got {max_stages!r}")
-            self.spectral.max_stages = max_stages
+            self.spectral.cap_stages(max_stages)
 
     def _step_func(self, func, t0, dt, t1, y0):
         f0 = func(t0, y0)

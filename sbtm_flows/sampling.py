@@ -344,8 +344,9 @@ class SBTMSampler:
         return self.dyn.theta_flow.refresh_every
 
     def _refresh_aux(self, y: Tensor, t: float, k: int) -> Tensor:
-        """y with a piecewise-refreshed Θ-dynamics state (DiagGNFlow's D) re-estimated at t on the
-        training subset of output interval ``k``; y itself for the other Θ dynamics."""
+        """y with a piecewise-refreshed Θ-dynamics preconditioner (``"diag"``'s D, ``"kfac"``'s
+        factors, ``"gn"``'s Cholesky factor) re-estimated at t on the training subset of output
+        interval ``k``; y itself for the Θ dynamics without one."""
         if not self._aux_every():
             return y
         self.dyn.choose_batch(self.dyn.n_particles(y), k)
@@ -614,14 +615,18 @@ def _check_distributed(solver: str, fixed: bool, record_ntk_every, eta) -> None:
                          "torch.distributed")
 
 
-def resolve_training(target, solver: str | None, record_ntk_every: int | None = None) -> str:
-    """``training="auto"``: ``"steps"`` on a path that dilates space (one with ``scale(t)``, e.g.
-    :class:`~sbtm_flows.paths.Dilation`) with a fixed-step solver — there the coupled flow's
-    Θ-curvature grows by orders of magnitude and a fixed η goes unstable, and the default
-    network is a :class:`ScaledScore` — else ``"flow"``."""
+def resolve_training(target, solver: str | None) -> tuple[str, str | None]:
+    """``training="auto"`` with no training option given: ``("flow", theta_flow)``.  On a path
+    that dilates space (one with ``scale(t)``, e.g. :class:`~sbtm_flows.paths.Dilation`) with a
+    fixed-grid solver the Θ dynamics is ``"kfac"`` (:mod:`sbtm_flows.kfac_flow`, refreshed every
+    step, η ``"track"``): there the plain gradient flow's Θ-curvature grows by orders of
+    magnitude and it lags the transport between modes (README, η and stiffness: §5.4 TV to
+    annealed ULA 0.283 with ``"gd"``, 0.027 with ``"kfac"``); elsewhere ``None`` (the flow's
+    default, ``"gd"``).  An adaptive solver refreshes K-FAC's factors only at output times, so it
+    keeps ``"gd"``."""
     dilates = callable(getattr(as_path(target), "scale", None))
     fixed = solver is None or solver in FIXED_GRID_SOLVERS  # None: the default, fixed-grid either way
-    return "steps" if dilates and fixed and record_ntk_every is None else "flow"
+    return "flow", ("kfac" if dilates and fixed else None)
 
 
 def _check_score_model(model, x0: Tensor, t0: float) -> None:

@@ -102,7 +102,8 @@ def hessian_max_eigenvalue(
     With a preconditioned Θ flow (dΘ/dt ≈ −η·D·∇_Θ L, ``theta_flow="rmsprop"``) the Θ block's
     Jacobian is −η·D·∇²_Θ L, whose eigenvalues are those of D^{1/2} ∇²_Θ L D^{1/2}: that
     symmetric matrix is the one estimated (D from the state y; for a non-diagonal M, as
-    ``theta_flow="kfac"``, M^{1/2} ∇²_Θ L M^{1/2}).
+    ``theta_flow="kfac"``, M^{1/2} ∇²_Θ L M^{1/2}; for a factored M = C·Cᵀ, ``theta_flow="gn"``,
+    Cᵀ ∇²_Θ L C).
     """
     x, theta = flow.split(y)
     hvp = _preconditioned(flow.hvp(flow.training_rows(x.detach())[0], theta, t), flow, y)
@@ -142,12 +143,17 @@ def hessian_max_eigenvalue(
 def _preconditioned(hvp, flow, y: Tensor):
     """q ↦ R·∇²_Θ L·R·q with R the symmetric square root of the Θ flow's preconditioner at state
     y: D^{1/2} for a diagonal D ``(P,)``, the map itself when the preconditioner is a callable
-    q ↦ M^{1/2} q (:class:`~sbtm_flows.kfac_flow.KFACFlow`); ``hvp`` itself for the identity."""
+    q ↦ M^{1/2} q (:class:`~sbtm_flows.kfac_flow.KFACFlow`); q ↦ Cᵀ·∇²_Θ L·C·q for a factored
+    M = C·Cᵀ (an object with ``root(q)`` = C·q and ``root_t(q)`` = Cᵀ·q,
+    :class:`~sbtm_flows.gn_flow.CholeskyFactor`: symmetric, similar to M·∇²_Θ L); ``hvp`` itself
+    for the identity."""
     d = flow.preconditioner(y)
     if d is None:
         return hvp
     if callable(d):
         return lambda q: d(hvp(d(q)))
+    if not isinstance(d, Tensor):
+        return lambda q: d.root_t(hvp(d.root(q)))
     root = d.sqrt()
     return lambda q: root * hvp(root * q)
 

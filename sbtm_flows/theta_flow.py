@@ -47,6 +47,10 @@ Kronecker-factored (K-FAC) inverse of each layer's Gauss–Newton block, refresh
 Its :meth:`~sbtm_flows.kfac_flow.KFACFlow.preconditioner` is not a diagonal D but the map
 q ↦ M^{1/2} q (the stiffness estimate accepts either).
 
+``"gn"`` — :class:`~sbtm_flows.gn_flow.GNFlow`: dΘ/dt = −η (G + δI)⁻¹ ∇_Θ L with the dense
+Gauss–Newton matrix G (natural gradient), its Cholesky factor refreshed like D and kept outside
+the state (:mod:`sbtm_flows.gn_flow`); default η ``"track"``.
+
 A preconditioned flow is still a gradient flow of L in the metric D⁻¹ (dL/dt = −η gᵀDg ≤ 0 at
 fixed particles), so it has the same fixed points as ``"gd"``; what changes is how fast the
 directions of small curvature relax, hence how far s_Θ lags the moving law f_t (README, η and
@@ -62,7 +66,9 @@ import torch
 from torch import Tensor
 
 from .diag_flow import DiagGNFlow
+from .gn_flow import GNFlow
 from .kfac_flow import KFACFlow
+from .tracking_eta import TrackingEta
 
 __all__ = ["GradientFlow", "RMSpropFlow", "THETA_FLOWS", "DEFAULT_ETA", "resolve_theta_flow"]
 
@@ -165,21 +171,25 @@ class RMSpropFlow:
 
 
 #: η when none is given: a rate per unit curvature for "gd", a speed (parameter units per unit
-#: time, per tensor in RMS) for "rmsprop".
-DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track", "kfac": "track"}
+#: time, per tensor in RMS) for "rmsprop", the tracked η for the refreshed preconditioners — for
+#: "kfac" with ratio 10, not 50: on a coarse grid (§5.4's quick schedule, dt = 0.05) λ_max of
+#: M^½∇²_Θ L M^½ can triple within a step, and ratio 50 then overshoots (README, η and stiffness).
+#: An EtaSchedule here is a template: each run gets a deep copy.
+DEFAULT_ETA = {"gd": 5.0, "rmsprop": 3.0, "diag": "track", "kfac": TrackingEta(ratio=10.0), "gn": "track"}
 
 #: name -> the Θ dynamics with its default parameters.
-THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow, "kfac": KFACFlow}
+THETA_FLOWS = {"gd": GradientFlow, "rmsprop": RMSpropFlow, "diag": DiagGNFlow, "kfac": KFACFlow, "gn": GNFlow}
 
 
-def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow | KFACFlow:
-    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` / ``"kfac"`` (default parameters) or an instance, as an instance.
+def resolve_theta_flow(spec) -> GradientFlow | RMSpropFlow | DiagGNFlow | KFACFlow | GNFlow:
+    """``"gd"`` / ``"rmsprop"`` / ``"diag"`` / ``"kfac"`` / ``"gn"`` (default parameters) or an instance, as an
+    instance.
 
     Raises:
         ValueError: any other value (names the valid ones)."""
-    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow, KFACFlow)):
-        return copy.copy(spec)  # (aux_size binds it to a network)
+    if isinstance(spec, (GradientFlow, RMSpropFlow, DiagGNFlow, KFACFlow, GNFlow)):
+        return copy.copy(spec)  # (aux_size binds it to a network; GNFlow's factor to a run)
     if isinstance(spec, str) and spec in THETA_FLOWS:
         return THETA_FLOWS[spec]()
     raise ValueError(f"theta_flow must be one of {', '.join(repr(k) for k in THETA_FLOWS)} or a GradientFlow / "
-                     f"RMSpropFlow / DiagGNFlow / KFACFlow instance, got {spec!r}")
+                     f"RMSpropFlow / DiagGNFlow / KFACFlow / GNFlow instance, got {spec!r}")

@@ -37,13 +37,16 @@ def test_an_unused_option_is_refused_naming_who_uses_it(method, kw, match):
 
 
 def test_auto_training_follows_the_options_given():
-    path = sf.Dilation(T1)  # auto picks the discrete training on a dilation path with a fixed-step solver
-    assert SBTMConfig().resolved(path).training == "steps"
+    path = sf.Dilation(T1)  # auto picks the K-FAC flow on a dilation path with a fixed-step solver
+    auto = SBTMConfig().resolved(path)
+    assert (auto.training, auto.theta_flow, auto.solver.method, type(auto.eta).__name__) == ("flow", "kfac", "rkc", "TrackingEta")
+    assert auto.eta.ratio == 10.0 and auto.eta is not SBTMConfig().resolved(path).eta  # a fresh schedule per run
+    assert SBTMConfig(solver="dopri5").resolved(path).theta_flow == "gd"  # K-FAC refreshes on a fixed grid only
     flow = SBTMConfig(eta=2.0).resolved(path)
     assert flow.training == "flow" and flow.eta == 2.0 and flow.inner_steps is None
     steps = SBTMConfig(lr=1e-2).resolved(sf.as_path(T1))
     assert (steps.training, steps.lr, steps.inner_steps, steps.eta) == ("steps", 1e-2, 5, None)
-    assert SBTMConfig().resolved(sf.as_path(T1)).training == "flow"
+    assert SBTMConfig().resolved(sf.as_path(T1)).training == "flow" and SBTMConfig().resolved(sf.as_path(T1)).theta_flow == "gd"
 
 
 def test_stored_config_is_the_resolved_one_and_rebuilds_the_run():

@@ -14,28 +14,18 @@ from sbtm_flows.stiffness import hessian_max_eigenvalue
 from sbtm_flows.theta_flow import DEFAULT_ETA, resolve_theta_flow
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_cases import dense_preconditioned_curvature, refreshed_flow_runs  # noqa: E402
+from flow_cases import dense_preconditioned_curvature, dense_score_jacobian, refreshed_flow_runs, small_flow  # noqa: E402
 
 D64 = torch.float64
 
 
 def _flow(power=1.0, delta=1e-3, eta=0.7, hidden=(5,)):
-    tgt = sf.Gaussian(torch.tensor([0.5, -1.0], dtype=D64), torch.eye(2, dtype=D64) * 0.7)
-    net = sf.ScoreMLP(2, hidden, "tanh", generator=torch.Generator().manual_seed(0), dtype=D64)
-    flow = sf.SBTMFlow(tgt, net, eta=eta, theta_flow=DiagGNFlow(power=power, delta=delta, chunk=3))
-    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(1), dtype=D64)
-    return tgt, net, flow, x
+    return small_flow(DiagGNFlow(power=power, delta=delta, chunk=3), eta, hidden)
 
 
 def _dense_gn_diagonal(net, x):
     """(2/n) Σ_{i,k} (∂s_k(x_i)/∂Θ)² from the dense Jacobian (n·d, P) of autograd.functional."""
-    theta = sf.score.flatten_params(net)
-
-    def s(th):
-        return torch.func.functional_call(net, sf.score.unflatten_params(net, th), (x,)).reshape(-1)
-
-    jac = torch.autograd.functional.jacobian(s, theta)
-    return 2.0 * jac.pow(2).sum(0) / x.shape[0]
+    return 2.0 * dense_score_jacobian(net, x).pow(2).sum(0) / x.shape[0]
 
 
 def test_gauss_newton_diagonal_matches_the_dense_jacobian():

@@ -145,7 +145,7 @@ def test_kfac_run_resumes_bitwise_and_runs_under_dopri5(tmp_path):
     full, resumed, k, res = refreshed_flow_runs(tmp_path, KFACFlow(every=3), "kfac", 0.05)
     assert k > 0 and torch.equal(resumed.particles, full.particles) and torch.equal(resumed.thetas, full.thetas)
     assert full.info["theta_flow"] == {"name": "kfac", "delta": 1e-3, "every": 3, "power": 1.0}
-    assert full.info["eta_schedule"]["refreshes"] >= 6 and DEFAULT_ETA["kfac"] == "track"
+    assert full.info["eta_schedule"]["refreshes"] >= 6 and DEFAULT_ETA["kfac"].ratio == 10.0
     assert res.info["solver"] == "dopri5" and torch.isfinite(res.particles).all()
     v0, v1 = (float(res.trajectory[i].var()) for i in (0, -1))
     assert v0 < v1 < 1.0  # spreading toward the target's unit variance

@@ -88,9 +88,10 @@ def test_result_rebuilds_the_scaled_model_at_each_output_time(tmp_path):
     assert math.isclose(res.score_config["scales"][0], LAM0)
 
 
-def test_training_auto_is_steps_with_a_scaled_network_on_dilation_paths():
+def test_training_auto_is_the_kfac_flow_with_a_scaled_network_on_dilation_paths():
     kw = dict(init=sf.Gaussian(torch.zeros(2), LAM0**2), n=50, t_final=0.2, dt=0.02, init_steps=50, seed=0)
     res = sf.sample(PATH, **kw)
-    assert res.info["training"] == "steps" and "net" in res.score_config
-    assert sf.sample(PATH.target, **kw).info["training"] == "flow"
-    assert sf.sample(PATH, solver="dopri5", **kw).info["training"] == "flow"  # steps needs a fixed-step solver
+    assert res.info["training"] == "flow" and res.info["theta_flow"]["name"] == "kfac" and "net" in res.score_config
+    assert sf.sample(PATH.target, **kw).info["theta_flow"]["name"] == "gd"
+    assert sf.sample(PATH, training="steps", **kw).info["training"] == "steps"
+    assert sf.sample(PATH, solver="dopri5", **kw).info["theta_flow"]["name"] == "gd"  # K-FAC refreshes on a fixed grid
