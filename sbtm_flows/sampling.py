@@ -364,8 +364,9 @@ class SBTMSampler:
             if not every:
                 raise
             tf = self.dyn.theta_flow
-            raise SamplingError(f"{e} [theta_flow={tf!r} refreshes its preconditioner every {every} steps and it can go "
-                                f"stale in between: refresh it more often (e.g. every=1), or lower dt]", t=e.t) from e
+            fix = "refresh it more often (e.g. every=1), or lower dt" if every > 1 else "lower dt or the tracked η's ratio"
+            raise SamplingError(f"{e} [theta_flow={tf!r} refreshes its preconditioner every {every} step(s) and it can go "
+                                f"stale in between: {fix}]", t=e.t) from e
 
     def _integrate(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1.  The stiffness monitors (Θ and X) look at the state

@@ -118,8 +118,10 @@ def test_a_stopped_diag_run_names_the_refresh_interval():
     target = sf.GaussianMixture(torch.tensor([[-2.0], [2.0]]), 1.0, torch.tensor([0.25, 0.75]))
     kw = dict(method="sbtm", init=sf.Gaussian(torch.zeros(1), torch.eye(1)), n=60, t_final=0.1, dt=0.01, save_every=2,
               eta=1e5, solver="rkc", solver_options={"max_stages": 3})
-    with pytest.raises(sf.SamplingError, match=r"max_stages = 3 .*refreshes its preconditioner every 3 steps.*every=1"):
+    with pytest.raises(sf.SamplingError, match=r"max_stages = 3 .*refreshes its preconditioner every 3 step\(s\).*every=1"):
         sf.sample(target, theta_flow=DiagGNFlow(every=3), **kw)
     with pytest.raises(sf.SamplingError, match="max_stages = 3") as err:
         sf.sample(target, **kw)
     assert "refreshes its preconditioner" not in str(err.value)
+    with pytest.raises(sf.SamplingError, match=r"every 1 step\(s\).*lower dt or the tracked η's ratio"):
+        sf.sample(target, theta_flow=DiagGNFlow(every=1), **kw)  # already every step: no "every=1" advice

@@ -3,9 +3,10 @@ slow runs (``pytest -m slow``), each with a quick version in the default suite.
 
 Measured (seed 0, README "η and stiffness"):
 * §5.4, n = 4000, T = 20, the defaults (``training="auto"`` → the flow with ``theta_flow="kfac"``,
-  η ``"track"``, ScaledScore, rkc): every mode found, TV to annealed ULA's weights 0.027 at ratio 50
-  (bound 0.06; the discrete training 0.025; the plain gradient flow 0.283; the diagonal Gauss–Newton
-  flow 0.067–0.093 over seeds 0–2).
+  η ``"track"`` of ratio 10, ScaledScore, rkc): every mode found (min 3.15 % / 3.30 %), TV to annealed
+  ULA's weights 0.0213 / 0.0330 on seeds 0 / 1, 15 910 NFE, 1070 s (bound 0.06; ratio 50: 0.0267; the
+  discrete training 0.025; the plain gradient flow 0.283; the diagonal Gauss–Newton flow 0.067–0.093
+  over seeds 0–2).
 * eight_schools, n = 2000: with the plain network the flow stops with a ``SamplingError`` at t = 4.57
   (ρ = 2.3·10⁶ > 200 rkc stages: a particle escapes along the τ tail into the funnel's neck, X block).
   eight_schools now declares ``anchored_score``, so the defaults use ``ResidualScore`` (s = ∇log π + r_Θ,
