@@ -37,7 +37,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["DiagGNFlow", "gauss_newton_diagonal", "jacobian_blocks"]
+__all__ = ["DiagGNFlow", "check_preconditioner_options", "gauss_newton_diagonal", "jacobian_blocks"]
 
 
 def jacobian_blocks(flow, x: Tensor, theta: Tensor, t: float | Tensor | None = None, chunk: int = 256) -> Iterator[Tensor]:
@@ -79,6 +79,22 @@ def gauss_newton_diagonal(flow, x: Tensor, theta: Tensor, t: float | Tensor | No
     return 2.0 * total / n
 
 
+def check_preconditioner_options(owner: str, delta: float, power: float = 1.0, **counts: int | None) -> None:
+    """Validate the options shared by the refreshed Θ preconditioners (``"diag"``, ``"kfac"``,
+    ``"gn"``): ``delta`` > 0 finite, ``power`` in (0, 1], and each of ``counts`` (``every``,
+    ``chunk``, …) an integer ≥ 1 (``None`` allowed where the option is optional).
+
+    Raises:
+        ValueError: naming ``owner`` and the option."""
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power <= 1:
+        raise ValueError(f"{owner}: power must be in (0, 1], got {power!r}")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (math.isfinite(delta) and delta > 0):
+        raise ValueError(f"{owner}: delta must be a positive finite number, got {delta!r}")
+    for key, val in counts.items():
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
+            raise ValueError(f"{owner}: {key} must be an integer >= 1, got {val!r}")
+
+
 class DiagGNFlow:
     r"""dΘ/dt = −η·D·∇_Θ L with D = (diag G + δ)^{−p} from the Gauss–Newton diagonal, held
     constant between refreshes (module docstring); the state's auxiliary block is log D.
@@ -95,13 +111,7 @@ class DiagGNFlow:
     name = "diag"
 
     def __init__(self, power: float = 1.0, delta: float = 1e-3, every: int = 10, chunk: int = 256):
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power <= 1:
-            raise ValueError(f"DiagGNFlow: power must be in (0, 1], got {power!r}")
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (math.isfinite(delta) and delta > 0):
-            raise ValueError(f"DiagGNFlow: delta must be a positive finite number, got {delta!r}")
-        for key, val in (("every", every), ("chunk", chunk)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"DiagGNFlow: {key} must be an integer >= 1, got {val!r}")
+        check_preconditioner_options("DiagGNFlow", delta, power, every=every, chunk=chunk)
         self.power, self.delta, self.every, self.chunk = float(power), float(delta), every, chunk
 
     @property

@@ -54,7 +54,7 @@ import math
 import torch
 from torch import Tensor
 
-from .diag_flow import jacobian_blocks
+from .diag_flow import check_preconditioner_options, jacobian_blocks
 from .errors import SamplingError
 
 __all__ = ["GNFlow", "CholeskyFactor", "gauss_newton_matrix", "subsample_rows"]
@@ -133,11 +133,7 @@ class GNFlow:
     name = "gn"
 
     def __init__(self, delta: float = 1e-3, every: int = 10, m: int | None = None, chunk: int = 256):
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (math.isfinite(delta) and delta > 0):
-            raise ValueError(f"GNFlow: delta must be a positive finite number, got {delta!r}")
-        for key, val in (("every", every), ("chunk", chunk), ("m", 1 if m is None else m)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"GNFlow: {key} must be an integer >= 1{' or None' if key == 'm' else ''}, got {val!r}")
+        check_preconditioner_options("GNFlow", delta, every=every, chunk=chunk, m=m)
         self.delta, self.every, self.m, self.chunk = float(delta), every, m, chunk
         self.factor: CholeskyFactor | None = None
 

@@ -69,6 +69,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .diag_flow import check_preconditioner_options
+
 __all__ = ["KFACFlow", "linear_layers", "layer_signals", "kronecker_factors"]
 
 
@@ -169,13 +171,7 @@ class KFACFlow:
     name = "kfac"
 
     def __init__(self, delta: float = 1e-3, every: int = 1, chunk: int = 4096, power: float = 1.0):
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power <= 1:
-            raise ValueError(f"KFACFlow: power must be in (0, 1], got {power!r}")
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (math.isfinite(delta) and delta > 0):
-            raise ValueError(f"KFACFlow: delta must be a positive finite number, got {delta!r}")
-        for key, val in (("every", every), ("chunk", chunk)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"KFACFlow: {key} must be an integer >= 1, got {val!r}")
+        check_preconditioner_options("KFACFlow", delta, power, every=every, chunk=chunk)
         self.delta, self.every, self.chunk, self.power = float(delta), every, chunk, float(power)
         self.shapes: list[tuple[int, int]] = []  # (out, in) per layer, set by aux_size
 
