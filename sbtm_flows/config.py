@@ -278,8 +278,9 @@ class SBTMConfig(RunConfig):
             moment v of the gradient in the ODE state, per parameter tensor), ``"diag"``
             (dΘ/dt = −η·D·∇_ΘL, D the inverse Gauss–Newton diagonal refreshed every 10 steps;
             default η ``"track"``; :mod:`sbtm_flows.diag_flow`), ``"kfac"`` (dΘ/dt = −η·M·∇_ΘL, M
-            the damped Kronecker-factored inverse Gauss–Newton blocks, refreshed likewise; default η
-            ``"track"``; :mod:`sbtm_flows.kfac_flow`), ``"gn"`` (dΘ/dt = −η·(G + δI)⁻¹∇_ΘL, the dense
+            the damped Kronecker-factored inverse Gauss–Newton blocks, refreshed every step; default η
+            a tracked η of ratio 10; :mod:`sbtm_flows.kfac_flow`; ``training="auto"``'s choice on a
+            dilation path), ``"gn"`` (dΘ/dt = −η·(G + δI)⁻¹∇_ΘL, the dense
             Gauss–Newton matrix, refreshed likewise; :mod:`sbtm_flows.gn_flow`) or a ``GradientFlow`` /
             ``RMSpropFlow`` / ``DiagGNFlow`` / ``KFACFlow`` / ``GNFlow`` instance (τ, ε, per tensor or
             per parameter; power, δ; δ, every, m).

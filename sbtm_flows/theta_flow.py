@@ -43,7 +43,8 @@ Gauss–Newton diagonal, refreshed every few steps from the particles (A = log D
 
 ``"kfac"`` — :class:`~sbtm_flows.kfac_flow.KFACFlow`: dΘ/dt = −η M ∇_Θ L with M the damped
 Kronecker-factored (K-FAC) inverse of each layer's Gauss–Newton block, refreshed like ``"diag"``
-(A = the factors' eigendecompositions, dA/dt = 0; :mod:`sbtm_flows.kfac_flow`); default η ``"track"``.
+(A = the factors' eigendecompositions, dA/dt = 0; :mod:`sbtm_flows.kfac_flow`), every step by
+default; default η a tracked η of ratio 10 (``training="auto"`` runs it on dilation paths).
 Its :meth:`~sbtm_flows.kfac_flow.KFACFlow.preconditioner` is not a diagonal D but the map
 q ↦ M^{1/2} q (the stiffness estimate accepts either).
 
@@ -96,7 +97,8 @@ class GradientFlow:
     def preconditioner(self, aux: Tensor) -> Tensor | None:
         """D with dΘ/dt ≈ −η D g: ``None`` (the identity).  A Θ dynamics returns a diagonal D
         ``(P,)`` or, for a non-diagonal M (:class:`~sbtm_flows.kfac_flow.KFACFlow`), a callable
-        q ↦ M^{1/2} q ``(P,) -> (P,)`` applying its symmetric square root."""
+        q ↦ M^{1/2} q ``(P,) -> (P,)`` applying its symmetric square root, or for a factored
+        M = C·Cᵀ (:class:`~sbtm_flows.gn_flow.GNFlow`) an object with ``root``/``root_t``."""
         return None
 
     def config(self) -> dict:
