@@ -496,7 +496,9 @@ class SBTMFlow(_Base):
     def initial_aux(self, x: Tensor, theta: Tensor, t: float | Tensor = 0.0) -> Tensor:
         """A₀ = ``theta_flow.start(∇_Θ L)`` at particles ``x (n, d)`` (their training rows),
         parameters Θ ``(P,)`` and time t: ``(n_aux,)``, empty (no gradient computed) for ``"gd"``."""
-        estimated = hasattr(self.theta_flow, "estimate")  # re-estimated from (X, Θ): DiagGNFlow's D, GNFlow's factor
+        # a piecewise-refreshed preconditioner (refresh_every declared: diag's D, kfac's factors, gn's
+        # Cholesky factor) is re-estimated from (X, Θ) by theta_flow.estimate
+        estimated = self.theta_flow.refresh_every is not None
         if self.n_aux == 0 and not estimated:
             return theta.new_zeros(0)
         xb, pb = self.training_rows(x.detach())
