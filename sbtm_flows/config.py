@@ -480,18 +480,17 @@ class SBTMConfig(RunConfig):
     def resolved(self, path) -> "SBTMConfig":
         """The configuration with ``training="auto"`` resolved on ``path``: ``"flow"`` when a
         flow option was given, ``"steps"`` when a steps option was, else the flow with the Θ
-        dynamics of :func:`~sbtm_flows.sampling.resolve_training` (``"kfac"`` on a dilation path
+        dynamics of :func:`~sbtm_flows.sampling.auto_theta_flow` (``"kfac"`` on a dilation path
         with a fixed-grid solver).  Others are returned unchanged."""
         if self.training != "auto":
             return self
-        from .sampling import resolve_training
+        from .sampling import auto_theta_flow
 
         if any(v is not None for v in _given(self.flow).values()):
             return dataclasses.replace(self, training="flow")
         if any(v is not None for v in _given(self.steps).values()):
             return dataclasses.replace(self, training="steps")
-        training, theta_flow = resolve_training(path, self.solver.method)
-        return dataclasses.replace(self, training=training, flow=FlowTraining(theta_flow=theta_flow))
+        return dataclasses.replace(self, training="flow", flow=FlowTraining(theta_flow=auto_theta_flow(path, self.solver.method)))
 
 
 @dataclass

@@ -354,7 +354,8 @@ class SBTMSampler:
 
     def advance(self, state: SBTMState, t0: float, t1: float) -> SBTMState:
         """Integrate from output time t0 to t1 (:meth:`_integrate`).  A :class:`SamplingError`
-        raised with a piecewise-refreshed Θ preconditioner (``theta_flow="diag"``) also names that
+        raised with a piecewise-refreshed Θ preconditioner (``theta_flow="diag"``, ``"kfac"``,
+        ``"gn"``) also names that
         preconditioner's refresh interval: between refreshes it goes stale as particles move into
         features it saw empty (README, η and stiffness)."""
         try:
@@ -616,18 +617,17 @@ def _check_distributed(solver: str, fixed: bool, record_ntk_every, eta) -> None:
                          "torch.distributed")
 
 
-def resolve_training(target, solver: str | None) -> tuple[str, str | None]:
-    """``training="auto"`` with no training option given: ``("flow", theta_flow)``.  On a path
-    that dilates space (one with ``scale(t)``, e.g. :class:`~sbtm_flows.paths.Dilation`) with a
-    fixed-grid solver the Θ dynamics is ``"kfac"`` (:mod:`sbtm_flows.kfac_flow`, refreshed every
-    step, η ``"track"``): there the plain gradient flow's Θ-curvature grows by orders of
-    magnitude and it lags the transport between modes (README, η and stiffness: §5.4 TV to
-    annealed ULA 0.283 with ``"gd"``, 0.027 with ``"kfac"``); elsewhere ``None`` (the flow's
-    default, ``"gd"``).  An adaptive solver refreshes K-FAC's factors only at output times, so it
-    keeps ``"gd"``."""
+def auto_theta_flow(target, solver: str | None) -> str | None:
+    """The Θ dynamics of ``training="auto"`` (which, with no training option given, is the flow):
+    ``"kfac"`` (:mod:`sbtm_flows.kfac_flow`, refreshed every step, η ``"track"``) on a path that
+    dilates space (one with ``scale(t)``, e.g. :class:`~sbtm_flows.paths.Dilation`) with a
+    fixed-grid solver — there the plain gradient flow's Θ-curvature grows by orders of magnitude
+    and it lags the transport between modes (README, η and stiffness: §5.4 TV to annealed ULA
+    0.283 with ``"gd"``, 0.027 with ``"kfac"``); elsewhere ``None`` (the flow's default, ``"gd"``).
+    An adaptive solver refreshes K-FAC's factors only at output times, so it keeps ``"gd"``."""
     dilates = callable(getattr(as_path(target), "scale", None))
     fixed = solver is None or solver in FIXED_GRID_SOLVERS  # None: the default, fixed-grid either way
-    return "flow", ("kfac" if dilates and fixed else None)
+    return "kfac" if dilates and fixed else None
 
 
 def _check_score_model(model, x0: Tensor, t0: float) -> None:
